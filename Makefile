@@ -1,0 +1,27 @@
+# The README's two commands: `make book` builds the whole book, `make test` runs every test.
+# Both first run `make setup`, which creates .venv and installs moecalc with its extras
+# (once: it is redone only when pyproject.toml changes).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup book test clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "moecalc needs Python >= 3.11")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,book]'
+	touch $(STAMP)
+
+book: setup
+	$(BIN)/moecalc book
+
+test: setup
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf book/_build

@@ -1,0 +1,257 @@
+"""Parameters, FLOPs and bytes of every op of a DeepSeek-V3-architecture model.
+
+Pure counting: no hardware, no time. Every function that takes a token count (batch,
+sequence or KV length) also takes a numpy array of them and answers element-wise.
+FLOPs are 2 × multiply-accumulates; parameters are element counts; bytes are bytes.
+
+MLA comes in three forms (``mode``):
+
+* ``"plain"``: the reference implementation's forward pass, K and V up-projected for every
+  cached token (what prefill runs).
+* ``"absorbed"``: W_UK folded into the query and W_UV into the output *at run time*, per
+  head, as DeepSeek's inference code and FlashMLA do in decode: attention runs over the
+  576-wide latent, the weights stay the original 187 M.
+* ``"premultiplied"``: seed 003's version, which multiplies the weights ahead of time
+  (wq_b_nope · W_UK and W_UV · wo): 598 M parameters and about 3.2× the FLOPs per token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Union
+
+import numpy as np
+
+from .profiles import Model
+
+Tokens = Union[int, float, np.ndarray]
+MLAMode = Literal["plain", "absorbed", "premultiplied"]
+MLA_MODES: tuple[MLAMode, ...] = ("plain", "absorbed", "premultiplied")
+
+
+def _linear(n_in: int, n_out: int, bias: bool) -> int:
+    return n_in * n_out + (n_out if bias else 0)
+
+
+# ---------------------------------------------------------------- parameters
+
+
+def mla_weight_shapes(m: Model, mode: MLAMode = "plain") -> dict[str, tuple[int, int]]:
+    """(in, out) of each weight matrix of one MLA block."""
+    h = m.num_attention_heads
+    if mode == "premultiplied":
+        return {
+            "wq_a": (m.hidden_size, m.q_lora_rank),
+            "wq_b_rope": (m.q_lora_rank, h * m.qk_rope_head_dim),
+            "q_absorb": (m.q_lora_rank, h * m.kv_lora_rank),  # wq_b_nope · W_UK
+            "wkv_a": (m.hidden_size, m.kv_cache_dim),
+            "o_absorb": (h * m.kv_lora_rank, m.hidden_size),  # W_UV · wo
+        }
+    return {
+        "wq_a": (m.hidden_size, m.q_lora_rank),
+        "wq_b": (m.q_lora_rank, h * m.qk_head_dim),
+        "wkv_a": (m.hidden_size, m.kv_cache_dim),
+        "wkv_b": (m.kv_lora_rank, h * (m.qk_nope_head_dim + m.v_head_dim)),
+        "wo": (h * m.v_head_dim, m.hidden_size),
+    }
+
+
+def mla_params(m: Model, mode: MLAMode = "plain", bias: bool = False) -> int:
+    """Weights of one MLA block. ``bias=True`` counts nn.Linear biases, as ptflops does on
+    seed 003's code; DeepSeek-V3's projections have none (``attention_bias: false``)."""
+    return sum(_linear(i, o, bias) for i, o in mla_weight_shapes(m, mode).values())
+
+
+def dense_mlp_params(m: Model, bias: bool = False) -> int:
+    """w1 (gate), w3 (up) and w2 (down) of one dense SwiGLU MLP."""
+    return 2 * _linear(m.hidden_size, m.intermediate_size, bias) + _linear(m.intermediate_size, m.hidden_size, bias)
+
+
+def expert_params(m: Model, bias: bool = False) -> int:
+    """w1, w3 and w2 of one routed or shared expert."""
+    return 2 * _linear(m.hidden_size, m.moe_intermediate_size, bias) + _linear(
+        m.moe_intermediate_size, m.hidden_size, bias
+    )
+
+
+def gate_params(m: Model, bias: bool = True) -> int:
+    """Router weight, plus its per-expert score-correction bias (which DeepSeek-V3 has)."""
+    return _linear(m.hidden_size, m.n_routed_experts, bias)
+
+
+def embedding_params(m: Model) -> int:
+    """One vocab × hidden table: the input embedding, and again the LM head unless tied."""
+    return m.vocab_size * m.hidden_size
+
+
+def norm_params(m: Model) -> int:
+    """RMSNorm weights: two per layer, one each for the q and kv latents, one final."""
+    return m.num_hidden_layers * (2 * m.hidden_size + m.q_lora_rank + m.kv_lora_rank) + m.hidden_size
+
+
+@dataclass(frozen=True)
+class ParamRow:
+    block: str
+    per_layer: int
+    layers: int
+
+    @property
+    def total(self) -> int:
+        return self.per_layer * self.layers
+
+
+def param_table(m: Model, bias: bool = False, norms: bool = True) -> list[ParamRow]:
+    """Parameter count per block of the main model (without the MTP module).
+
+    ``bias=True, norms=False`` is seed 003's accounting (ptflops on nn.Linear with biases)."""
+    experts = m.n_routed_experts + m.n_shared_experts
+    rows = [
+        ParamRow("MLA", mla_params(m, "plain", bias), m.num_hidden_layers),
+        ParamRow("DenseMLP", dense_mlp_params(m, bias), m.n_dense_layers),
+        ParamRow("Expert", expert_params(m, bias) * experts, m.n_moe_layers),
+        ParamRow("Gate", gate_params(m, bias=True), m.n_moe_layers),
+        ParamRow("Embedding", embedding_params(m), 1),
+        ParamRow("Output", 0 if m.tie_word_embeddings else embedding_params(m), 1),
+    ]
+    if norms:
+        rows.append(ParamRow("RMSNorm", norm_params(m), 1))
+    return rows
+
+
+def total_params(m: Model, bias: bool = False, norms: bool = True) -> int:
+    return sum(row.total for row in param_table(m, bias, norms))
+
+
+def activated_params(m: Model) -> int:
+    """Parameters one token touches: every dense part, the shared and its top-k experts."""
+    moe = (m.num_experts_per_tok + m.n_shared_experts) * expert_params(m) + gate_params(m)
+    return (
+        m.num_hidden_layers * mla_params(m)
+        + m.n_dense_layers * dense_mlp_params(m)
+        + m.n_moe_layers * moe
+        + embedding_params(m) * (1 if m.tie_word_embeddings else 2)
+        + norm_params(m)
+    )
+
+
+# ---------------------------------------------------------------- FLOPs
+
+
+def attention_pairs(q_len: Tokens, kv_len: Tokens, causal: bool = False) -> Tokens:
+    """(query, key) pairs one head scores. Causal: the q_len new tokens are the last of kv_len
+    and each sees only what precedes it; otherwise every query sees all kv_len keys."""
+    q = np.asarray(q_len, dtype=float)
+    kv = np.asarray(kv_len, dtype=float)
+    pairs = q * (kv - q) + q * (q + 1) / 2 if causal else q * kv
+    return pairs if isinstance(q_len, np.ndarray) or isinstance(kv_len, np.ndarray) else float(pairs)
+
+
+def mla_ops(
+    m: Model,
+    q_len: Tokens,
+    kv_len: Tokens,
+    kv_cache_rate: float = 0.0,
+    mode: MLAMode = "plain",
+    causal: bool = False,
+) -> dict[str, Tokens]:
+    """FLOPs of each op of one MLA block for q_len queries over kv_len keys.
+
+    ``kv_cache_rate`` is the share of the kv_len tokens whose latent is already cached, so
+    their down-projection (wkv_a) is skipped; every other op is unchanged (seed 003's reading).
+    """
+    if mode not in MLA_MODES:
+        raise ValueError(f"unknown MLA mode {mode!r}")
+    h, d = m.num_attention_heads, m.hidden_size
+    q, kv = q_len, kv_len
+    pairs = attention_pairs(q_len, kv_len, causal)
+    kv_down = 2 * kv * d * m.kv_cache_dim * (1 - kv_cache_rate)
+    if mode == "plain":
+        return {
+            "wq_a": 2 * q * d * m.q_lora_rank,
+            "wq_b": 2 * q * m.q_lora_rank * h * m.qk_head_dim,
+            "wkv_a": kv_down,
+            "w_uk": 2 * kv * m.kv_lora_rank * h * m.qk_nope_head_dim,
+            "w_uv": 2 * kv * m.kv_lora_rank * h * m.v_head_dim,
+            "score": 2 * h * pairs * m.qk_head_dim,
+            "score_v": 2 * h * pairs * m.v_head_dim,
+            "wo": 2 * q * h * m.v_head_dim * d,
+        }
+    if mode == "premultiplied":
+        return {
+            "wq_a": 2 * q * d * m.q_lora_rank,
+            "wq_b_rope": 2 * q * m.q_lora_rank * h * m.qk_rope_head_dim,
+            "q_absorb": 2 * q * h * m.q_lora_rank * m.kv_lora_rank,
+            "wkv_a": kv_down,
+            "score": 2 * h * pairs * (m.kv_lora_rank + m.qk_rope_head_dim),
+            "score_v": 2 * h * pairs * m.kv_lora_rank,
+            "o_absorb": 2 * q * h * m.kv_lora_rank * d,
+        }
+    return {  # absorbed at run time
+        "wq_a": 2 * q * d * m.q_lora_rank,
+        "wq_b": 2 * q * m.q_lora_rank * h * m.qk_head_dim,
+        "wkv_a": kv_down,
+        "q_uk": 2 * q * h * m.qk_nope_head_dim * m.kv_lora_rank,  # q_nope · W_UK per head
+        "score": 2 * h * pairs * (m.kv_lora_rank + m.qk_rope_head_dim),
+        "score_v": 2 * h * pairs * m.kv_lora_rank,
+        "o_uv": 2 * q * h * m.kv_lora_rank * m.v_head_dim,  # latent output · W_UV per head
+        "wo": 2 * q * h * m.v_head_dim * d,
+    }
+
+
+# Ops that multiply activations by activations (attention proper); every other MLA op is a
+# GEMM against a weight matrix.
+ATTENTION_OPS = frozenset({"score", "score_v"})
+
+
+def mla_flops(
+    m: Model,
+    q_len: Tokens,
+    kv_len: Tokens,
+    kv_cache_rate: float = 0.0,
+    mode: MLAMode = "plain",
+    causal: bool = False,
+) -> Tokens:
+    """Total FLOPs of one MLA block (see :func:`mla_ops`)."""
+    return sum(mla_ops(m, q_len, kv_len, kv_cache_rate, mode, causal).values())
+
+
+def dense_mlp_flops(m: Model, tokens: Tokens) -> Tokens:
+    return 2 * 3 * tokens * m.hidden_size * m.intermediate_size
+
+
+def expert_flops(m: Model, tokens: Tokens) -> Tokens:
+    """FLOPs of `tokens` token-expert pairs through one expert's SwiGLU."""
+    return 2 * 3 * tokens * m.hidden_size * m.moe_intermediate_size
+
+
+def gate_flops(m: Model, tokens: Tokens) -> Tokens:
+    return 2 * tokens * m.hidden_size * m.n_routed_experts
+
+
+def lm_head_flops(m: Model, tokens: Tokens) -> Tokens:
+    return 2 * tokens * m.hidden_size * m.vocab_size
+
+
+# ---------------------------------------------------------------- bytes
+
+
+def kv_bytes_per_token(m: Model, bytes_per_element: float, layers: int | None = None) -> float:
+    """KV-cache bytes one token occupies: the 512-wide latent and the 64-wide RoPE key, per
+    layer (all layers unless `layers` is given). No quantization scales are included."""
+    n = m.num_hidden_layers if layers is None else layers
+    return m.kv_cache_dim * bytes_per_element * n
+
+
+def hidden_bytes(m: Model, tokens: Tokens, bytes_per_element: float) -> Tokens:
+    """Bytes of `tokens` hidden-state vectors: one all-reduce message, one token's dispatch."""
+    return tokens * m.hidden_size * bytes_per_element
+
+
+def dispatch_bytes(m: Model, tokens: Tokens, bytes_per_element: float) -> Tokens:
+    """Bytes a rank sends to dispatch `tokens` tokens to their top-k experts (every copy)."""
+    return hidden_bytes(m, tokens, bytes_per_element) * m.num_experts_per_tok
+
+
+def combine_bytes(m: Model, tokens: Tokens, bytes_per_element: float) -> Tokens:
+    """Bytes a rank receives when its tokens' top-k expert outputs come back."""
+    return dispatch_bytes(m, tokens, bytes_per_element)

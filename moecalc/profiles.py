@@ -1,0 +1,392 @@
+"""Load and validate the YAML profiles under params/ into frozen dataclasses in SI units.
+
+A profile is named either by its stem (``h800`` → ``params/hardware/h800.yaml``) or by a
+path to a YAML file. Every field is checked for presence, type, range and spelling; the
+first problem raises one :class:`InputError` line that names the file and the field.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .errors import InputError
+from .units import DTYPE_BYTES, GB, GB_PER_S, TFLOPS
+
+PARAMS_DIR = Path(os.environ.get("MOECALC_PARAMS", Path(__file__).resolve().parent.parent / "params"))
+KINDS = ("hardware", "model", "workload", "policy")
+
+
+# ---------------------------------------------------------------- schema and validation
+
+
+@dataclass(frozen=True)
+class Spec:
+    """How one YAML field is checked and converted.
+
+    kind: "number" (finite, > 0 unless `zero_ok`), "fraction" (in [0, 1) or (0, 1]),
+    "int" (> 0 unless `zero_ok`), "str", "bool", "dtype", "strings" (a non-empty list of
+    strings), or "map" (a nested mapping checked against `children`; with `any_keys` the
+    keys are free and every value is checked against `children["*"]`).
+    """
+
+    kind: str
+    unit: float = 1.0
+    required: bool = True
+    zero_ok: bool = False
+    upper: float | None = None  # inclusive upper bound, e.g. 1 for fractions
+    children: Mapping[str, "Spec"] | None = None
+    any_keys: Callable[[str], bool] | None = None
+    default: Any = None
+
+
+def _fail(path: Path, name: str, message: str) -> InputError:
+    return InputError(f"{path}: field '{name}': {message}")
+
+
+def _check(value: Any, spec: Spec, path: Path, name: str) -> Any:
+    kind = spec.kind
+    if kind in ("number", "fraction"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _fail(path, name, f"must be a number, got {value!r}")
+        if math.isnan(value) or math.isinf(value):
+            raise _fail(path, name, f"must be finite, got {value!r}")
+        if value < 0 or (value == 0 and not spec.zero_ok):
+            raise _fail(path, name, f"must be {'≥ 0' if spec.zero_ok else '> 0'}, got {value!r}")
+        if spec.upper is not None and value > spec.upper:
+            raise _fail(path, name, f"must be ≤ {spec.upper:g}, got {value!r}")
+        return float(value) * spec.unit
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _fail(path, name, f"must be an integer, got {value!r}")
+        if value < 0 or (value == 0 and not spec.zero_ok):
+            raise _fail(path, name, f"must be {'≥ 0' if spec.zero_ok else '> 0'}, got {value!r}")
+        return value
+    if kind == "str":
+        if not isinstance(value, str) or not value.strip():
+            raise _fail(path, name, f"must be a non-empty string, got {value!r}")
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise _fail(path, name, f"must be true or false, got {value!r}")
+        return value
+    if kind == "dtype":
+        if value not in DTYPE_BYTES:
+            raise _fail(path, name, f"must be one of {', '.join(DTYPE_BYTES)}, got {value!r}")
+        return value
+    if kind == "strings":
+        if (
+            not isinstance(value, list)
+            or not value
+            or not all(isinstance(v, str) and v.strip() for v in value)
+        ):
+            raise _fail(path, name, "must be a non-empty list of strings")
+        return tuple(value)
+    if kind == "map":
+        if not isinstance(value, dict):
+            raise _fail(path, name, f"must be a mapping, got {type(value).__name__}")
+        return _check_mapping(value, spec, path, prefix=f"{name}.")
+    raise AssertionError(f"unknown spec kind {kind}")  # a bug in a schema, not bad input
+
+
+def _check_mapping(data: Mapping[str, Any], spec: Spec, path: Path, prefix: str = "") -> dict[str, Any]:
+    children = spec.children or {}
+    out: dict[str, Any] = {}
+    if spec.any_keys is not None:
+        if not data:
+            raise _fail(path, prefix.rstrip("."), "must not be empty")
+        for key, value in data.items():
+            if not isinstance(key, str) or not spec.any_keys(key):
+                raise _fail(path, f"{prefix}{key}", "unknown key")
+            out[key] = _check(value, children["*"], path, f"{prefix}{key}")
+        return out
+    for key in data:
+        if key not in children:
+            raise _fail(path, f"{prefix}{key}", "unknown key")
+    for key, child in children.items():
+        if key in data and data[key] is not None:
+            out[key] = _check(data[key], child, path, f"{prefix}{key}")
+        elif child.required:
+            raise _fail(path, f"{prefix}{key}", "missing")
+        else:
+            out[key] = child.default
+    return out
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Parse one YAML file into a mapping, or raise a one-line InputError."""
+    import yaml  # imported here: only loading needs it
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise InputError(f"{path}: not valid YAML{where}: {problem}") from None
+    if data is None:
+        raise InputError(f"{path}: empty profile")
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: a profile must be a mapping of fields, got {type(data).__name__}")
+    return data
+
+
+def resolve(kind: str, name_or_path: str | os.PathLike[str]) -> Path:
+    """A profile name (file stem under params/<kind>/) or a path to a YAML file → its path."""
+    text = os.fspath(name_or_path)
+    if not text:
+        raise InputError(f"missing {kind} profile name")
+    candidate = Path(text)
+    if candidate.suffix in (".yaml", ".yml") or os.sep in text or "/" in text:
+        if not candidate.is_file():
+            raise InputError(f"{kind} profile file not found: {text}")
+        return candidate
+    path = PARAMS_DIR / kind / f"{text}.yaml"
+    if not path.is_file():
+        known = ", ".join(available(kind)) or "none"
+        raise InputError(f"unknown {kind} profile {text!r} (known: {known})")
+    return path
+
+
+def available(kind: str) -> list[str]:
+    """Stems of the profiles of one kind that ship in params/."""
+    return sorted(p.stem for p in (PARAMS_DIR / kind).glob("*.yaml"))
+
+
+def load_mapping(kind: str, name_or_path: str | os.PathLike[str], spec: Spec) -> tuple[Path, dict[str, Any]]:
+    path = resolve(kind, name_or_path)
+    return path, _check_mapping(read_yaml(path), spec, path)
+
+
+# ---------------------------------------------------------------- hardware
+
+_DTYPE_KEY = DTYPE_BYTES.__contains__
+
+# The roofline policy's efficiency factors: each a fraction of the datasheet figure, with
+# its reason in the YAML comment. Optional: a profile without them can still run seed003.
+EFFICIENCY_SPEC = Spec("map", required=False, children={})
+
+HARDWARE_SPEC = Spec(
+    "map",
+    children={
+        "name": Spec("str"),
+        "vendor": Spec("str", required=False),
+        "peak_tflops": Spec("map", children={"*": Spec("number", unit=TFLOPS)}, any_keys=_DTYPE_KEY),
+        "memory_gb": Spec("number", unit=GB),
+        "memory_bandwidth_gb_s": Spec("number", unit=GB_PER_S),
+        "scale_up_bandwidth_gb_s": Spec("number", unit=GB_PER_S),
+        "scale_up_domain": Spec("int"),
+        "scale_out_bandwidth_gb_s": Spec("number", unit=GB_PER_S),
+        "compute_units": Spec("int"),
+        "sources": Spec("strings"),
+        "efficiency": EFFICIENCY_SPEC,
+    },
+)
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """One accelerator, datasheet figures in SI units."""
+
+    key: str  # the profile's file stem, used in page paths and tables
+    path: Path
+    name: str
+    peak_flops: Mapping[str, float]  # FLOP/s, dense, per dtype
+    memory_bytes: float
+    memory_bandwidth: float  # byte/s
+    scale_up_bandwidth: float  # byte/s per direction, per device
+    scale_up_domain: int  # devices per scale-up (NVLink) domain
+    scale_out_bandwidth: float  # byte/s per device (its NIC share)
+    compute_units: int  # SMs or cores
+    sources: tuple[str, ...]
+    vendor: str | None = None
+    efficiency: Mapping[str, Any] = field(default_factory=dict)
+
+    def peak(self, dtype: str) -> float:
+        """Dense peak FLOP/s for `dtype`; fp16 and bf16 share a peak where only one is given."""
+        for candidate in (dtype, {"fp16": "bf16", "bf16": "fp16"}.get(dtype)):
+            if candidate in self.peak_flops:
+                return self.peak_flops[candidate]
+        raise InputError(f"{self.path}: field 'peak_tflops.{dtype}': missing (needed for {dtype} math)")
+
+
+def load_hardware(name_or_path: str | os.PathLike[str]) -> Hardware:
+    path, d = load_mapping("hardware", name_or_path, HARDWARE_SPEC)
+    return Hardware(
+        key=path.stem,
+        path=path,
+        name=d["name"],
+        vendor=d["vendor"],
+        peak_flops=d["peak_tflops"],
+        memory_bytes=d["memory_gb"],
+        memory_bandwidth=d["memory_bandwidth_gb_s"],
+        scale_up_bandwidth=d["scale_up_bandwidth_gb_s"],
+        scale_up_domain=d["scale_up_domain"],
+        scale_out_bandwidth=d["scale_out_bandwidth_gb_s"],
+        compute_units=d["compute_units"],
+        sources=d["sources"],
+        efficiency=d["efficiency"] or {},
+    )
+
+
+# ---------------------------------------------------------------- model
+
+# Field names are those of the model's Hugging Face config.json.
+_MODEL_FIELDS = {
+    "vocab_size": Spec("int"),
+    "hidden_size": Spec("int"),
+    "intermediate_size": Spec("int"),
+    "moe_intermediate_size": Spec("int"),
+    "num_hidden_layers": Spec("int"),
+    "first_k_dense_replace": Spec("int", zero_ok=True),
+    "num_attention_heads": Spec("int"),
+    "n_routed_experts": Spec("int"),
+    "n_shared_experts": Spec("int", zero_ok=True),
+    "num_experts_per_tok": Spec("int"),
+    "n_group": Spec("int"),
+    "topk_group": Spec("int"),
+    "routed_scaling_factor": Spec("number"),
+    "q_lora_rank": Spec("int"),
+    "kv_lora_rank": Spec("int"),
+    "qk_nope_head_dim": Spec("int"),
+    "qk_rope_head_dim": Spec("int"),
+    "v_head_dim": Spec("int"),
+    "num_nextn_predict_layers": Spec("int", zero_ok=True, required=False, default=0),
+    "tie_word_embeddings": Spec("bool", required=False, default=False),
+}
+# Keys of a DeepSeek-V3 config.json that do not change the arithmetic: accepted so that a
+# config.json can be pasted as it is, and otherwise ignored.
+_HF_IGNORED = (
+    "architectures", "attention_bias", "attention_dropout", "auto_map", "aux_loss_alpha",
+    "bos_token_id", "eos_token_id", "ep_size", "hidden_act", "initializer_range",
+    "max_position_embeddings", "model_type", "moe_layer_freq", "norm_topk_prob",
+    "num_key_value_heads", "pretraining_tp", "quantization_config", "rms_norm_eps",
+    "rope_scaling", "rope_theta", "scoring_func", "seq_aux", "topk_method", "torch_dtype",
+    "transformers_version", "use_cache",
+)
+MODEL_SPEC = Spec(
+    "map",
+    children={
+        "name": Spec("str"),
+        "sources": Spec("strings"),
+        **_MODEL_FIELDS,
+    },
+)
+
+
+@dataclass(frozen=True)
+class Model:
+    """A DeepSeek-V3-architecture model (MLA attention, shared + routed experts)."""
+
+    key: str
+    path: Path
+    name: str
+    sources: tuple[str, ...]
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    moe_intermediate_size: int
+    num_hidden_layers: int
+    first_k_dense_replace: int
+    num_attention_heads: int
+    n_routed_experts: int
+    n_shared_experts: int
+    num_experts_per_tok: int
+    n_group: int
+    topk_group: int
+    routed_scaling_factor: float
+    q_lora_rank: int
+    kv_lora_rank: int
+    qk_nope_head_dim: int
+    qk_rope_head_dim: int
+    v_head_dim: int
+    num_nextn_predict_layers: int = 0
+    tie_word_embeddings: bool = False
+
+    @property
+    def n_dense_layers(self) -> int:
+        return self.first_k_dense_replace
+
+    @property
+    def n_moe_layers(self) -> int:
+        return self.num_hidden_layers - self.first_k_dense_replace
+
+    @property
+    def qk_head_dim(self) -> int:
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+    @property
+    def kv_cache_dim(self) -> int:
+        """Elements cached per token per layer: the compressed latent plus the RoPE key."""
+        return self.kv_lora_rank + self.qk_rope_head_dim
+
+
+def load_model(name_or_path: str | os.PathLike[str]) -> Model:
+    path = resolve("model", name_or_path)
+    raw = read_yaml(path)
+    raw = {k: v for k, v in raw.items() if k not in _HF_IGNORED}
+    d = _check_mapping(raw, MODEL_SPEC, path)
+    if d["first_k_dense_replace"] >= d["num_hidden_layers"]:
+        raise _fail(path, "first_k_dense_replace", "must be smaller than num_hidden_layers")
+    if d["num_experts_per_tok"] > d["n_routed_experts"]:
+        raise _fail(path, "num_experts_per_tok", "must not exceed n_routed_experts")
+    if d["n_routed_experts"] % d["n_group"] or d["topk_group"] > d["n_group"]:
+        raise _fail(path, "n_group", "must divide n_routed_experts and be ≥ topk_group")
+    return Model(key=path.stem, path=path, **d)
+
+
+# ---------------------------------------------------------------- workload
+
+WORKLOAD_SPEC = Spec(
+    "map",
+    children={
+        "name": Spec("str"),
+        "sources": Spec("strings"),
+        "prompt_len": Spec("int"),  # tokens per request, average
+        "output_len": Spec("int"),  # tokens generated per request, average
+        "kv_cache_hit_rate": Spec("fraction", zero_ok=True, upper=0.999),  # prefix-cache hits / prompt tokens
+        "avg_kv_len": Spec("int", required=False),  # KV length per output token; default prompt + output/2
+        "min_tokens_per_user": Spec("number", required=False),  # decode SLO, tokens/s per request
+        "max_ttft_s": Spec("number", required=False),
+        "max_memory_gb": Spec("number", required=False, unit=GB),  # cap per device
+        "weight_dtype": Spec("dtype", required=False, default="fp8"),
+        "activation_dtype": Spec("dtype", required=False, default="bf16"),
+        "kv_dtype": Spec("dtype", required=False, default="bf16"),
+        "dispatch_dtype": Spec("dtype", required=False, default="fp8"),
+        "combine_dtype": Spec("dtype", required=False, default="bf16"),
+    },
+)
+
+
+@dataclass(frozen=True)
+class Workload:
+    key: str
+    path: Path
+    name: str
+    sources: tuple[str, ...]
+    prompt_len: int
+    output_len: int
+    kv_cache_hit_rate: float
+    avg_kv_len: int
+    min_tokens_per_user: float | None
+    max_ttft_s: float | None
+    max_memory_bytes: float | None
+    weight_dtype: str
+    activation_dtype: str
+    kv_dtype: str
+    dispatch_dtype: str
+    combine_dtype: str
+
+
+def load_workload(name_or_path: str | os.PathLike[str]) -> Workload:
+    path, d = load_mapping("workload", name_or_path, WORKLOAD_SPEC)
+    avg_kv_len = d.pop("avg_kv_len") or d["prompt_len"] + d["output_len"] // 2
+    max_memory = d.pop("max_memory_gb")
+    return Workload(key=path.stem, path=path, avg_kv_len=avg_kv_len, max_memory_bytes=max_memory, **d)

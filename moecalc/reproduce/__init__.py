@@ -1,0 +1,21 @@
+"""Each seed document's printed figures, recomputed with moecalc.
+
+A record is ``{"table", "row", "column", "published", "value", "computed", "unit", "match",
+"note"}``: ``published`` is the figure exactly as the seed prints it, ``value`` that figure
+as a float in ``unit``, ``computed`` moecalc's figure in the same unit, and ``match`` whether
+``computed`` rounds to ``published`` at its printed precision. A ``note`` that starts with
+``erratum:`` marks a figure the seed itself gets wrong.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+
+def _seed003() -> list[dict]:
+    from . import seed003
+
+    return seed003.records()
+
+
+SEEDS: dict[str, Callable[[], list[dict]]] = {"seed-003": _seed003}
