@@ -169,9 +169,29 @@ def load_mapping(kind: str, name_or_path: str | os.PathLike[str], spec: Spec) ->
 
 _DTYPE_KEY = DTYPE_BYTES.__contains__
 
-# The roofline policy's efficiency factors: each a fraction of the datasheet figure, with
-# its reason in the YAML comment. Optional: a profile without them can still run seed003.
-EFFICIENCY_SPEC = Spec("map", required=False, children={})
+# The roofline policy's efficiency factors. Each entry is {value, source}: fractions are of
+# the datasheet figure, latencies in microseconds. Optional: seed003 does not need them.
+EFFICIENCY_FIELDS: dict[str, tuple[str, str]] = {
+    "gemm": ("fraction", "dense GEMM FLOP/s, of the weight dtype's peak"),
+    "grouped_gemm": ("fraction", "MoE grouped GEMM FLOP/s, of the weight dtype's peak"),
+    "attention": ("fraction", "attention-core FLOP/s, of the BF16 peak"),
+    "memory": ("fraction", "achievable HBM bandwidth, of the datasheet"),
+    "scale_up": ("fraction", "achievable scale-up (NVLink) bandwidth, of the datasheet per direction"),
+    "scale_out": ("fraction", "achievable scale-out (RDMA) bandwidth, of the datasheet"),
+    "kernel_latency_us": ("latency", "fixed cost of one kernel (launch, tail), µs"),
+    "all_reduce_latency_us": ("latency", "fixed cost of one TP all-reduce, µs"),
+    "dispatch_latency_us": ("latency", "fixed cost of one low-latency dispatch or combine, µs"),
+    "tbo_overhead_us": ("latency", "extra cost per layer of splitting a step into two micro-batches, µs"),
+}
+_EFFICIENCY_ENTRY = {
+    "fraction": Spec("map", children={"value": Spec("fraction", upper=1), "source": Spec("str")}),
+    "latency": Spec("map", children={"value": Spec("number", zero_ok=True), "source": Spec("str")}),
+}
+EFFICIENCY_SPEC = Spec(
+    "map",
+    required=False,
+    children={name: _EFFICIENCY_ENTRY[kind] for name, (kind, _) in EFFICIENCY_FIELDS.items()},
+)
 
 HARDWARE_SPEC = Spec(
     "map",
