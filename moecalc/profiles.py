@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -18,6 +18,7 @@ from .units import DTYPE_BYTES, GB, GB_PER_S, TFLOPS
 
 PARAMS_DIR = Path(os.environ.get("MOECALC_PARAMS", Path(__file__).resolve().parent.parent / "params"))
 KINDS = ("hardware", "model", "workload", "policy")
+TINY = 1e-12  # smallest non-zero number a profile may give, in its own unit
 
 
 # ---------------------------------------------------------------- schema and validation
@@ -58,12 +59,18 @@ def _check(value: Any, spec: Spec, path: Path, name: str) -> Any:
             raise _fail(path, name, f"must be {'≥ 0' if spec.zero_ok else '> 0'}, got {value!r}")
         if spec.upper is not None and value > spec.upper:
             raise _fail(path, name, f"must be ≤ {spec.upper:g}, got {value!r}")
+        if 0 < value < TINY:  # zero in effect: dividing by it overflows to inf
+            raise _fail(path, name, f"must be {'0 or ' if spec.zero_ok else ''}≥ {TINY:g}, got {value!r}")
+        if not math.isfinite(float(value) * spec.unit):
+            raise _fail(path, name, f"is too large, got {value!r}")
         return float(value) * spec.unit
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise _fail(path, name, f"must be an integer, got {value!r}")
         if value < 0 or (value == 0 and not spec.zero_ok):
             raise _fail(path, name, f"must be {'≥ 0' if spec.zero_ok else '> 0'}, got {value!r}")
+        if value > 2**53:  # floats hold integers exactly only up to here
+            raise _fail(path, name, f"is too large, got {value!r}")
         return value
     if kind == "str":
         if not isinstance(value, str) or not value.strip():
@@ -124,6 +131,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:  # a binary or mis-encoded file
+        raise InputError(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -131,6 +140,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise InputError(f"{path}: not valid YAML{where}: {problem}") from None
+    except (ValueError, RecursionError) as exc:  # e.g. an integer past Python's 4,300-digit limit
+        raise InputError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
     if data is None:
         raise InputError(f"{path}: empty profile")
     if not isinstance(data, dict):
@@ -182,15 +193,30 @@ EFFICIENCY_FIELDS: dict[str, tuple[str, str]] = {
     "all_reduce_latency_us": ("latency", "fixed cost of one TP all-reduce, µs"),
     "dispatch_latency_us": ("latency", "fixed cost of one low-latency dispatch or combine, µs"),
     "tbo_overhead_us": ("latency", "extra cost per layer of splitting a step into two micro-batches, µs"),
+    "attention_prefill": ("fraction", "prefill attention-core FLOP/s (causal, FlashAttention-style), of the BF16 peak"),
+    "comm_sms": ("count", "SMs the prefill all-to-all kernels take from compute while they overlap it"),
+    "mma_tile_rows": ("count", "rows of the smallest tensor-core tile: GEMM rows are padded up to a multiple"),
+    "usable_memory": ("fraction", "share of HBM for weights and KV cache (the rest: activations, graphs, buffers)"),
+}
+# Entries a profile may leave out, and what their absence means: no such effect.
+EFFICIENCY_OPTIONAL = {
+    "attention_prefill": "the decode `attention` fraction",
+    "comm_sms": "0 SMs",
+    "mma_tile_rows": "1 row (no padding)",
+    "usable_memory": "all of HBM",
 }
 _EFFICIENCY_ENTRY = {
     "fraction": Spec("map", children={"value": Spec("fraction", upper=1), "source": Spec("str")}),
     "latency": Spec("map", children={"value": Spec("number", zero_ok=True), "source": Spec("str")}),
+    "count": Spec("map", children={"value": Spec("int", zero_ok=True), "source": Spec("str")}),
 }
 EFFICIENCY_SPEC = Spec(
     "map",
     required=False,
-    children={name: _EFFICIENCY_ENTRY[kind] for name, (kind, _) in EFFICIENCY_FIELDS.items()},
+    children={
+        name: replace(_EFFICIENCY_ENTRY[kind], required=name not in EFFICIENCY_OPTIONAL)
+        for name, (kind, _) in EFFICIENCY_FIELDS.items()
+    },
 )
 
 HARDWARE_SPEC = Spec(

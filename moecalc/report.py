@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import unicodedata
 from typing import Any, Iterable, Sequence
 
 
@@ -36,6 +37,16 @@ def fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def width(text: str) -> int:
+    """Terminal columns of `text`: East Asian wide characters take two."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def _pad(text: str, columns: int, right: bool) -> str:
+    fill = " " * (columns - width(text))
+    return fill + text if right else text + fill
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -48,10 +59,10 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], digits: int = 3
         any(_is_number(r[i]) for r in raw) and all(_is_number(r[i]) or r[i] in ("", None) for r in raw)
         for i in range(len(headers))
     ]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    widths = [max([width(h)] + [width(r[i]) for r in cells]) for i, h in enumerate(headers)]
 
     def line(values: Sequence[str]) -> str:
-        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
+        return "  ".join(_pad(v, w, num) for v, w, num in zip(values, widths, numeric)).rstrip()
 
     out = [title] if title else []
     out += [line(list(headers)), line(["-" * w for w in widths])]
