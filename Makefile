@@ -17,11 +17,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,book]'
 	touch $(STAMP)
 
+# Executes the notebooks whose inputs changed (book/executed/, committed), regenerates the
+# table of contents and builds book/_build/html. `$(BIN)/moecalc book --force` re-executes all.
 book: setup
 	$(BIN)/moecalc book
 
+# tests/ and nbval over every executed notebook, on 2 xdist workers (see pyproject.toml).
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
 
 clean:
 	rm -rf book/_build

@@ -13,6 +13,7 @@ from typing import Any, Callable, NoReturn
 from .errors import InputError
 
 MS = 1e3  # seconds → milliseconds, for printing
+MAX_COUNT = 2**53  # largest integer count a float holds exactly
 GB = 1e9
 
 
@@ -28,6 +29,8 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    if value > MAX_COUNT:  # beyond this, floats lose integers and the arithmetic overflows
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_COUNT:,}, got {len(text)} digits")
     return value
 
 
@@ -42,6 +45,27 @@ def positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def _at_least_one(text: str) -> float:
+    value = positive_float(text)
+    if value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    return 0 if text.strip() in ("0", "+0") else positive_int(text)
+
+
+def _hit_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1), got {text!r}")
     return value
 
 
@@ -141,6 +165,14 @@ def cmd_flops(args: argparse.Namespace) -> int:
 
 
 def cmd_prefill(args: argparse.Namespace) -> int:
+    if args.policy == "roofline":
+        return _prefill_roofline(args)
+    _only_roofline(args, ("dp", "moe_tp", "ep", "tbo", "tokens_per_gpu", "kv_cache_hit_rate", "dtype",
+                          "expert_imbalance", "redundant_experts"))
+    return _prefill_seed003(args)
+
+
+def _prefill_seed003(args: argparse.Namespace) -> int:
     from . import report
     from .policies import seed003
 
@@ -183,6 +215,13 @@ def cmd_prefill(args: argparse.Namespace) -> int:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
+    if args.policy == "roofline":
+        return _decode_roofline(args)
+    _only_roofline(args, ("dp", "moe_tp", "tbo", "dtype", "mtp_accept", "expert_imbalance", "redundant_experts"))
+    return _decode_seed003(args)
+
+
+def _decode_seed003(args: argparse.Namespace) -> int:
     from . import report
     from .policies import seed003
 
@@ -233,6 +272,272 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return _emit(args, data, text)
 
 
+# ---------------------------------------------------------------- prefill / decode, roofline policy
+
+
+def _only_roofline(args: argparse.Namespace, names: tuple[str, ...]) -> None:
+    given = [n for n in names if getattr(args, n, None) not in (None, False)]
+    if given:
+        raise InputError(f"--{given[0].replace('_', '-')} applies to the roofline policy only, not --policy {args.policy}")
+
+
+def _layout(args: argparse.Namespace, m, batch: int, redundant: int):
+    """The layout from --tp/--dp/--moe-tp/--ep, the missing sizes derived so that
+    tp × dp = moe_tp × ep (devices); one error if they cannot be."""
+    from .policies import roofline
+
+    tp, moe_tp = args.tp, args.moe_tp or 1
+    dp, ep = args.dp, args.ep
+    if dp is None and ep is None:
+        dp = 1
+    if dp is None:
+        if (moe_tp * ep) % tp:
+            raise InputError(f"layout does not cover whole devices: moe-tp × ep = {moe_tp * ep} is not a multiple of tp = {tp}")
+        dp = moe_tp * ep // tp
+    if ep is None:
+        if (tp * dp) % moe_tp:
+            raise InputError(f"layout does not cover whole devices: tp × dp = {tp * dp} is not a multiple of moe-tp = {moe_tp}")
+        ep = tp * dp // moe_tp
+    layout = roofline.Layout(tp=tp, dp=dp, moe_tp=moe_tp, ep=ep, batch=batch, tbo=bool(args.tbo))
+    roofline.check_layout(m, layout, redundant)
+    return layout
+
+
+def _with_kv_dtype(wl, dtype: str | None):
+    from dataclasses import replace
+
+    return wl if dtype is None else replace(wl, kv_dtype=dtype)
+
+
+def _layout_json(layout) -> dict[str, Any]:
+    return {"tp": layout.tp, "dp": layout.dp, "moe_tp": layout.moe_tp, "ep": layout.ep, "batch": layout.batch,
+            "tbo": layout.tbo, "devices": layout.tp * layout.dp}
+
+
+def _ms(ops) -> dict[str, float]:
+    return {k: float(v) * MS for k, v in ops.items()}
+
+
+def _decode_roofline(args: argparse.Namespace) -> int:
+    from . import report
+    from .policies import roofline
+
+    m, hw, wl = _load(args, "model", "hardware", "workload")
+    wl = _with_kv_dtype(wl, args.dtype)
+    redundant = args.redundant_experts or 0
+    imbalance = args.expert_imbalance or 1.0
+    layout = _layout(args, m, args.batch, redundant)
+    accept = args.mtp_accept or 1.0
+    step = roofline.decode(m, hw, wl, layout, args.kv_len, accept, expert_imbalance=imbalance,
+                           redundant_experts=redundant)
+    roofline.check_fits(step, hw, f"batch {args.batch} at KV length {args.kv_len:,} ({wl.kv_dtype} KV)")
+    per_gpu = float(roofline.tokens_per_s_per_device(step, layout))
+    data = {
+        "policy": "roofline",
+        "hardware": hw.name,
+        "model": m.name,
+        "workload": wl.name,
+        "layout": _layout_json(layout),
+        "batch_meaning": "sequences per attention-DP rank (tp GPUs)",
+        "kv_len": args.kv_len,
+        "kv_dtype": wl.kv_dtype,
+        "weight_dtype": wl.weight_dtype,
+        "mtp_accept": accept,
+        "expert_imbalance": imbalance,
+        "redundant_experts": redundant,
+        "tpot_ms": float(step.tpot) * MS,
+        "step_ms": float(step.step_time) * MS,
+        "step_ms_no_overlap": float(step.step_time_no_overlap) * MS,
+        "step_ms_tbo": float(step.step_time_tbo) * MS,
+        "tokens_per_s_per_user": float(step.tokens_per_s_per_user),
+        "tokens_per_s_per_gpu": per_gpu,
+        "tokens_per_s_per_node": per_gpu * hw.scale_up_domain,
+        "gpus_per_node": hw.scale_up_domain,
+        "memory_per_gpu_gb": float(step.memory_bytes) / GB,
+        "memory_weights_gb": float(step.weight_bytes) / GB,
+        "memory_kv_gb": float(step.kv_bytes) / GB,
+        "memory_usable_gb": float(step.memory_usable) / GB,
+        "memory_capacity_gb": float(step.memory_capacity) / GB,
+        "fits": bool(step.fits),
+        "mfu": float(roofline.mfu(step, hw, wl)),
+        "layers": {"dense": m.n_dense_layers, "moe": m.n_moe_layers},
+        "per_layer_ms": {"dense": _ms(step.dense_layer), "moe": _ms(step.moe_layer)},
+        "head_ms": float(step.head) * MS,
+    }
+
+    def text() -> str:
+        lay = data["layout"]
+        head = (f"{m.name} decode on {lay['devices']} × {hw.name}, policy roofline: attention TP{lay['tp']} × "
+                f"DP{lay['dp']}, MoE TP{lay['moe_tp']} × EP{lay['ep']}, {args.batch} sequences per attention-DP "
+                f"rank, KV length {args.kv_len:,} ({wl.kv_dtype}), {'two-batch overlap' if layout.tbo else 'no overlap'}"
+                + (f", MTP {accept:g} tokens per step" if accept > 1 else ""))
+        rows = [
+            ("TPOT (ms)", data["tpot_ms"]),
+            ("step, no overlap (ms)", data["step_ms_no_overlap"]),
+            ("step, two-batch overlap (ms)", data["step_ms_tbo"]),
+            ("tokens/s per user", data["tokens_per_s_per_user"]),
+            ("tokens/s per GPU", data["tokens_per_s_per_gpu"]),
+            (f"tokens/s per node ({hw.scale_up_domain} GPUs)", data["tokens_per_s_per_node"]),
+            ("MFU", data["mfu"]),
+            ("memory per GPU (GB): weights", data["memory_weights_gb"]),
+            ("memory per GPU (GB): KV cache", data["memory_kv_gb"]),
+            ("memory per GPU (GB): usable", data["memory_usable_gb"]),
+        ]
+        ops = [(k, data["per_layer_ms"]["dense"].get(k), data["per_layer_ms"]["moe"].get(k))
+               for k in dict.fromkeys([*data["per_layer_ms"]["dense"], *data["per_layer_ms"]["moe"]])]
+        return "\n".join([report.table(["metric", "value"], rows, title=head), "",
+                          report.table(["op", f"dense layer (ms, ×{m.n_dense_layers})", f"MoE layer (ms, ×{m.n_moe_layers})"],
+                                       ops, title="per-layer op times, full batch, no overlap"),
+                          f"LM head (and MTP module), once per step: {data['head_ms']:.3f} ms"])
+
+    return _emit(args, data, text)
+
+
+def _prefill_roofline(args: argparse.Namespace) -> int:
+    from . import report
+    from .policies import roofline
+
+    if args.tokens_per_gpu is None:
+        raise InputError("--tokens-per-gpu is required with --policy roofline (new prompt tokens per GPU per forward)")
+    m, hw, wl = _load(args, "model", "hardware", "workload")
+    wl = _with_kv_dtype(wl, args.dtype)
+    redundant = args.redundant_experts or 0
+    imbalance = args.expert_imbalance or 1.0
+    layout = _layout(args, m, 1, redundant)
+    prompt = args.seq_len or wl.prompt_len
+    hit = wl.kv_cache_hit_rate if args.kv_cache_hit_rate is None else args.kv_cache_hit_rate
+    p = roofline.prefill(m, hw, wl, layout, args.tokens_per_gpu, prompt, hit, expert_imbalance=imbalance,
+                         redundant_experts=redundant)
+    roofline.check_fits(p, hw, f"prefill of {args.tokens_per_gpu:,} tokens per GPU")
+    per_gpu = float(p.tokens_per_s_per_device)
+    lay = _layout_json(layout)
+    lay.pop("batch")
+    data = {
+        "policy": "roofline",
+        "hardware": hw.name,
+        "model": m.name,
+        "workload": wl.name,
+        "layout": lay,
+        "tokens_per_gpu": args.tokens_per_gpu,
+        "prompt_len": prompt,
+        "kv_cache_hit_rate": hit,
+        "expert_imbalance": imbalance,
+        "redundant_experts": redundant,
+        "time_ms": float(p.time) * MS,
+        "time_ms_no_overlap": float(p.time_no_overlap) * MS,
+        "time_ms_tbo": float(p.time_tbo) * MS,
+        "tokens_per_s_per_gpu": per_gpu,
+        "tokens_per_s_per_node": per_gpu * hw.scale_up_domain,
+        "input_tokens_per_s_per_gpu": float(p.input_tokens_per_s_per_device),
+        "input_tokens_per_s_per_node": float(p.input_tokens_per_s_per_device) * hw.scale_up_domain,
+        "gpus_per_node": hw.scale_up_domain,
+        "mfu": float(roofline.mfu(p, hw, wl)),
+        "memory_per_gpu_gb": float(p.memory_bytes) / GB,
+        "memory_usable_gb": float(p.memory_usable) / GB,
+        "layers": {"dense": m.n_dense_layers, "moe": m.n_moe_layers},
+        "per_layer_ms": {"dense": _ms(p.dense_layer), "moe": _ms(p.moe_layer)},
+        "head_ms": float(p.head) * MS,
+    }
+
+    def text() -> str:
+        head = (f"{m.name} prefill on {lay['devices']} × {hw.name}, policy roofline: attention TP{lay['tp']} × "
+                f"DP{lay['dp']}, MoE TP{lay['moe_tp']} × EP{lay['ep']}, {args.tokens_per_gpu:,} new tokens per GPU, "
+                f"prompts of {prompt:,} with {hit:.1%} cache hits, {'two-batch overlap' if layout.tbo else 'no overlap'}")
+        rows = [
+            ("forward time (ms)", data["time_ms"]),
+            ("forward, no overlap (ms)", data["time_ms_no_overlap"]),
+            ("forward, two-batch overlap (ms)", data["time_ms_tbo"]),
+            ("computed tokens/s per GPU", data["tokens_per_s_per_gpu"]),
+            (f"computed tokens/s per node ({hw.scale_up_domain} GPUs)", data["tokens_per_s_per_node"]),
+            ("input tokens/s per node, cache hits included", data["input_tokens_per_s_per_node"]),
+            ("MFU", f"{data['mfu']:.1%}"),
+        ]
+        ops = [(k, data["per_layer_ms"]["dense"].get(k), data["per_layer_ms"]["moe"].get(k))
+               for k in dict.fromkeys([*data["per_layer_ms"]["dense"], *data["per_layer_ms"]["moe"]])]
+        return "\n".join([report.table(["metric", "value"], rows, digits=1, title=head), "",
+                          report.table(["op", f"dense layer (ms, ×{m.n_dense_layers})", f"MoE layer (ms, ×{m.n_moe_layers})"],
+                                       ops, title="per-layer op times, no overlap")])
+
+    return _emit(args, data, text)
+
+
+# ---------------------------------------------------------------- validate / calibrate
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from . import report, validate
+
+    records = validate.validate()
+    if args.json:
+        print(report.dumps(records))
+        return 0
+    def fig(v: float) -> str:
+        return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.4g}"
+
+    rows = [(r["id"], r["metric"], fig(r["published"]), fig(r["computed"]), r["error_pct"],
+             r["tolerance_pct"], "yes" if r["within"] else "no") for r in records]
+    print(report.table(["point", "metric", "published", "computed", "error %", "± %", "within"], rows, digits=1,
+                       title="roofline policy vs published system-level figures (params/measurements/systems.yaml)"))
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from . import calibrate, report
+
+    records = calibrate.evaluate()
+    if args.json:
+        print(report.dumps(records))
+        return 0
+    rows = [(r["hardware"], r["id"], r["metric"], r["measured"], r["model"], r["error_pct"], r["pins"] or "")
+            for r in records]
+    print(report.table(["hardware", "point", "metric", "measured", "model", "error %", "pins"], rows, digits=1,
+                       title="roofline op functions vs published kernel figures (params/measurements/kernels.yaml)"))
+    return 0
+
+
+# ---------------------------------------------------------------- search
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from . import report, search
+
+    m, hw, wl = _load(args, "model", "hardware", "workload")
+    tbo = {"both": (False, True), "on": (True,), "off": (False,)}[args.tbo]
+    result = search.search(
+        m, hw, wl, args.devices, search.parse_batches(args.batch), policy=args.policy,
+        min_tokens_per_user=args.min_tokens_per_user, max_memory_gb=args.max_memory_gb, tp=args.tp,
+        moe_tp=args.moe_tp, tbo=tbo, batch_per=args.batch_per, kv_len=args.kv_len,
+    )
+    data = {"hardware": hw.name, "model": m.name, "workload": wl.name, **result.summary(args.top)}
+    if args.csv:
+        data["csv"] = {"path": args.csv, "rows": result.write_csv(args.csv)}
+
+    def text() -> str:
+        slo = data["min_tokens_per_user"]
+        head = (f"{m.name} decode on {', '.join(str(d) for d in data['devices'])} × {hw.name}, policy {args.policy}, "
+                f"KV length {data['kv_len']:,}, SLO {'none' if slo is None else f'{slo:g} tokens/s per user'}, "
+                f"memory ≤ {data['max_memory_gb']:.1f} GB per device")
+        counts = [("evaluated", data["evaluated"]), ("feasible", data["feasible"])]
+        counts += [(f"rejected: {k}", v) for k, v in data["rejected"].items()]
+        cols = ["devices", "tp", "dp", "moe_tp", "ep", "batch", "batch_per_device", "tbo", "tokens_per_s_per_user",
+                "tokens_per_s_per_device", "total_tokens_per_s", "tpot_ms", "memory_gb", "mfu"]
+        out = [head, f"batch = {data['batch_meaning']}", "", report.table(["layouts", "count"], counts)]
+        if data["top"]:
+            out += ["", report.table(cols, [[r[c] for c in cols] for r in data["top"]], digits=2,
+                                     title=f"top {len(data['top'])} by tokens/s per device")]
+        else:
+            out += ["", "no layout meets the constraints"]
+        if "by_devices" in data:
+            rows = [[e["devices"], *([e["best"][c] for c in cols[1:]] if e["best"] else [None] * (len(cols) - 1))]
+                    for e in data["by_devices"]]
+            out += ["", report.table(cols, rows, digits=2, title="best per device count")]
+        if args.csv:
+            out += ["", f"wrote {data['csv']['rows']:,} layouts to {args.csv}"]
+        return "\n".join(out)
+
+    return _emit(args, data, text)
+
+
 # ---------------------------------------------------------------- reproduce
 
 
@@ -240,16 +545,37 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from . import report
     from .reproduce import SEEDS
 
+    if args.errata:
+        if args.seed != "seed-003":
+            raise InputError(f"--errata: {args.seed} has no errata page; its errata are the records noted 'erratum:'")
+        if args.json:
+            raise InputError("--errata prints a markdown page; it cannot be combined with --json")
+        from .reproduce import seed003_errata  # the one seed with an errata page so far
+
+        print(seed003_errata.render_markdown(), end="")
+        return 0
     records = SEEDS[args.seed]()
     matched = sum(r["match"] for r in records)
     errata = sum(r["note"].startswith("erratum:") for r in records)
+    truncated = sum(r["note"].startswith("truncated:") for r in records)
     if args.json:
         print(report.dumps(records))
         return 0
     rows = [(r["table"], r["row"], r["column"], r["published"], r["computed"], r["unit"], "yes" if r["match"] else "NO")
             for r in records]
     print(report.table(["table", "row", "column", "published", "computed", "unit", "match"], rows, digits=4,
-                       title=f"seed {args.seed}: {len(records)} printed figures, {matched} match, {errata} errata"))
+                       title=f"seed {args.seed}: {len(records)} printed figures, {matched} match, {errata} errata, "
+                             f"{truncated} printed truncated"))
+    return 0
+
+
+# ---------------------------------------------------------------- book
+
+
+def cmd_book(args: argparse.Namespace) -> int:
+    from . import book
+
+    book.build(force=args.force, workers=args.jobs, html=not args.no_html, strict=not args.allow_warnings)
     return 0
 
 
@@ -272,7 +598,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--hardware", required=True, help="hardware profile name (params/hardware/) or YAML path")
         if workload:
             p.add_argument("--workload", default="seed-003", help="workload profile name or YAML path")
-        p.add_argument("--policy", default="seed003", choices=["seed003"], help="timing policy")
+        p.add_argument("--policy", default="roofline", choices=["roofline", "seed003"],
+                       help="timing policy (default roofline; seed003 reproduces seed 003)")
 
     p = command("flops", cmd_flops, "parameters, FLOPs per token and KV bytes per token of a model")
     p.add_argument("--model", default="deepseek-v3", help="model profile name or YAML path")
@@ -282,16 +609,69 @@ def build_parser() -> argparse.ArgumentParser:
     profiles(p)
     p.add_argument("--tp", type=positive_int, required=True, help="attention tensor-parallel size")
     p.add_argument("--seq-len", type=positive_int, help="prompt tokens per sequence (default: the workload's)")
+    p.add_argument("--ep", type=positive_int, help="expert-parallel size (roofline; default: devices / moe-tp)")
+    p.add_argument("--tokens-per-gpu", type=positive_int, help="new prompt tokens per GPU per forward (roofline)")
+    p.add_argument("--kv-cache-hit-rate", type=_hit_rate, help="prefix-cache hit rate (roofline; default: the workload's)")
+    p.add_argument("--dp", type=positive_int, help="attention data-parallel size (roofline; default: devices / tp)")
+    p.add_argument("--moe-tp", type=positive_int, help="MoE tensor-parallel size (roofline; default 1)")
+    p.add_argument("--tbo", action="store_true", default=None, help="two-batch overlap (roofline)")
+    p.add_argument("--dtype", choices=["fp8", "bf16"], help="KV-cache dtype (roofline; default: the workload's)")
+    p.add_argument("--expert-imbalance", type=_at_least_one,
+                   help="max/mean routed-expert load per EP rank (roofline; default 1 = perfect balance)")
+    p.add_argument("--redundant-experts", type=_non_negative_int,
+                   help="extra expert copies for load balancing, (E + r) / ep per EP rank (roofline; default 0)")
 
     p = command("decode", cmd_decode, "time per output token, tokens/s and memory of one decode step")
     profiles(p)
     p.add_argument("--tp", type=positive_int, required=True, help="attention tensor-parallel size")
-    p.add_argument("--batch", type=positive_int, required=True, help="sequences per GPU")
+    p.add_argument("--batch", type=positive_int, required=True,
+                   help="sequences per attention-DP rank (roofline; = per GPU at TP1) or per GPU (seed003)")
     p.add_argument("--kv-len", type=positive_int, required=True, help="KV-cache tokens per sequence")
-    p.add_argument("--ep", type=positive_int, help="expert-parallel size (memory only; default: the policy's)")
+    p.add_argument("--ep", type=positive_int,
+                   help="expert-parallel size (roofline: default devices / moe-tp; seed003: memory only)")
+    p.add_argument("--mtp-accept", type=_at_least_one,
+                   help="MTP: accepted tokens per step, 1 to 2 (roofline; default 1 = no MTP)")
+    p.add_argument("--dp", type=positive_int, help="attention data-parallel size (roofline; default: devices / tp)")
+    p.add_argument("--moe-tp", type=positive_int, help="MoE tensor-parallel size (roofline; default 1)")
+    p.add_argument("--tbo", action="store_true", default=None, help="two-batch overlap (roofline)")
+    p.add_argument("--dtype", choices=["fp8", "bf16"], help="KV-cache dtype (roofline; default: the workload's)")
+    p.add_argument("--expert-imbalance", type=_at_least_one,
+                   help="max/mean routed-expert load per EP rank (roofline; default 1 = perfect balance)")
+    p.add_argument("--redundant-experts", type=_non_negative_int,
+                   help="extra expert copies for load balancing, (E + r) / ep per EP rank (roofline; default 0)")
+
+    p = command("search", cmd_search, "every deployment layout on N devices, filtered by memory and SLO, ranked")
+    p.add_argument("--hardware", required=True, help="hardware profile name (params/hardware/) or YAML path")
+    p.add_argument("--model", default="deepseek-v3", help="model profile name or YAML path")
+    p.add_argument("--workload", default="seed-003", help="workload profile name or YAML path (SLO, memory cap, KV length)")
+    p.add_argument("--devices", type=positive_int_list, required=True, help="device counts, e.g. 128 or 16,32,64")
+    p.add_argument("--min-tokens-per-user", type=positive_float, help="SLO, tokens/s per user (default: the workload's)")
+    p.add_argument("--max-memory-gb", type=positive_float, help="memory cap per device, GB (default: the workload's)")
+    p.add_argument("--top", type=positive_int, default=10, help="layouts to list (default 10)")
+    p.add_argument("--policy", default="roofline", choices=["roofline", "seed002"], help="timing policy")
+    p.add_argument("--csv", metavar="PATH", help="write every evaluated layout and its reason to PATH")
+    p.add_argument("--batch", default="1-512", help="batch sizes: a range 1-512 or a list 6,8,10 (default 1-512)")
+    p.add_argument("--batch-per", default="rank", choices=["rank", "device"],
+                   help="--batch counts sequences per attention-DP rank (default) or per device")
+    p.add_argument("--tp", type=positive_int_list, help="only these attention TP sizes")
+    p.add_argument("--moe-tp", type=positive_int_list, help="only these MoE TP sizes")
+    p.add_argument("--tbo", default="both", choices=["both", "on", "off"], help="two-batch overlap (default: both)")
+    p.add_argument("--kv-len", type=positive_int, help="KV length per sequence (default: the workload's average)")
+
+    command("validate", cmd_validate, "the roofline policy against every published system-level figure")
+    command("calibrate", cmd_calibrate, "the roofline op functions against every published kernel figure")
 
     p = command("reproduce", cmd_reproduce, "every figure a seed prints, recomputed")
-    p.add_argument("seed", choices=["seed-003"], help="which seed document")
+    p.add_argument("seed", choices=["seed-002", "seed-003"], help="which seed document")
+    p.add_argument("--errata", action="store_true", help="print the seed's errata page (MyST markdown) instead")
+
+    p = sub.add_parser("book", help="execute the book's notebooks (what changed) and build its HTML",
+                       description="execute the book's notebooks (what changed) and build its HTML")
+    p.set_defaults(run=cmd_book)
+    p.add_argument("--force", action="store_true", help="re-execute every notebook, even if its inputs are unchanged")
+    p.add_argument("--jobs", type=positive_int, help="notebooks executed at once (default: 2, or 1 on one core)")
+    p.add_argument("--no-html", action="store_true", help="execute only; skip the HTML build")
+    p.add_argument("--allow-warnings", action="store_true", help="do not fail the HTML build on Sphinx warnings")
     return parser
 
 

@@ -255,3 +255,118 @@ def dispatch_bytes(m: Model, tokens: Tokens, bytes_per_element: float) -> Tokens
 def combine_bytes(m: Model, tokens: Tokens, bytes_per_element: float) -> Tokens:
     """Bytes a rank receives when its tokens' top-k expert outputs come back."""
     return dispatch_bytes(m, tokens, bytes_per_element)
+
+
+# ---------------------------------------------------------------- roofline placement
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """FLOPs and HBM bytes of one op on one device: where it sits on a roofline.
+
+    Bytes are what the op must move at least once: its weights, the KV cache it reads and
+    its activations in and out (no re-reads, no spills: a lower bound on traffic)."""
+
+    flops: Tokens
+    weight_bytes: Tokens
+    kv_bytes: Tokens
+    activation_bytes: Tokens
+
+    @property
+    def bytes(self) -> Tokens:
+        return self.weight_bytes + self.kv_bytes + self.activation_bytes
+
+    @property
+    def intensity(self) -> Tokens:
+        """Arithmetic intensity, FLOP per byte: above the device's FLOPS / bandwidth ratio
+        (its ridge point) the op is compute-bound, below it memory-bound."""
+        return self.flops / self.bytes
+
+
+def gemm_traffic(tokens: Tokens, n_in: int, n_out: int, weight_bpe: float, act_bpe: float, copies: float = 1) -> Traffic:
+    """`tokens` rows through `copies` weight matrices of n_in × n_out each (e.g. the experts
+    a device holds, `tokens` rows each): 2·t·n_in·n_out FLOPs per copy, each weight read once."""
+    return Traffic(
+        flops=copies * 2 * tokens * n_in * n_out,
+        weight_bytes=copies * n_in * n_out * weight_bpe,
+        kv_bytes=0 * tokens,
+        activation_bytes=copies * tokens * (n_in + n_out) * act_bpe,
+    )
+
+
+def layer_traffic(
+    m: Model,
+    q_len: Tokens,
+    kv_len: Tokens,
+    batch: Tokens = 1,
+    mode: MLAMode = "absorbed",
+    tokens_per_expert: Tokens | None = None,
+    experts_per_device: float = 1.0,
+    weight_bpe: float = 1.0,
+    kv_bpe: float = 1.0,
+    act_bpe: float = 2.0,
+) -> dict[str, Traffic]:
+    """FLOPs and bytes of each op of one MoE layer (plus the dense MLP, gate and LM head for
+    reference) on one device that serves `batch` sequences of `q_len` new tokens over
+    `kv_len` keys, attention unsplit (TP1).
+
+    * MLA weight GEMMs (``wq_a``, ``wq_b``, ``wkv_a`` …, per `mode`) see ``batch × q_len``
+      rows; ``wkv_a`` only the new tokens (the rest of the latent is cached); in the plain
+      form the K/V up-projections see every key.
+    * ``attention`` (scores and score·V together) reads the KV cache once in the absorbed and
+      premultiplied forms (``kv_cache_dim`` elements per key at `kv_bpe`), or the up-projected
+      K and V activations in the plain form.
+    * ``routed_experts``: the `experts_per_device` experts a device holds, `tokens_per_expert`
+      rows each (default: the batch's top-k picks spread evenly over all experts);
+      ``shared_expert``, ``gate``, ``dense_mlp`` (dense layers only) and ``lm_head`` (once per
+      step) see every token.
+    """
+    t = batch * q_len
+    h = m.num_attention_heads
+    shapes = mla_weight_shapes(m, "premultiplied" if mode == "premultiplied" else "plain")
+    ops: dict[str, Traffic] = {}
+    if mode == "premultiplied":
+        gemms = {k: (t, *shapes[k]) for k in ("wq_a", "wq_b_rope", "q_absorb", "wkv_a", "o_absorb")}
+    else:
+        gemms = {k: (t, *shapes[k]) for k in ("wq_a", "wq_b", "wkv_a")}
+        if mode == "plain":
+            gemms["w_uk"] = (batch * kv_len, m.kv_lora_rank, h * m.qk_nope_head_dim)
+            gemms["w_uv"] = (batch * kv_len, m.kv_lora_rank, h * m.v_head_dim)
+        else:  # absorbed at run time: W_UK and W_UV applied per head to the new tokens
+            gemms["q_uk"] = (t, m.kv_lora_rank, h * m.qk_nope_head_dim)
+            gemms["o_uv"] = (t, m.kv_lora_rank, h * m.v_head_dim)
+        gemms["wo"] = (t, *shapes["wo"])
+    for name, (rows, n_in, n_out) in gemms.items():
+        ops[name] = gemm_traffic(rows, n_in, n_out, weight_bpe, act_bpe)
+    flops = mla_ops(m, q_len, kv_len, 0.0, mode)
+    core = batch * (flops["score"] + flops["score_v"])
+    if mode == "plain":
+        kv = 0 * core
+        act = batch * (q_len * h * (m.qk_head_dim + m.v_head_dim) + kv_len * h * (m.qk_head_dim + m.v_head_dim)) * act_bpe
+    else:
+        kv = batch * kv_len * m.kv_cache_dim * kv_bpe
+        act = t * h * (m.kv_cache_dim + m.kv_lora_rank) * act_bpe
+    ops["attention"] = Traffic(flops=core, weight_bytes=0 * core, kv_bytes=kv, activation_bytes=act)
+    ops["gate"] = gemm_traffic(t, m.hidden_size, m.n_routed_experts, weight_bpe, act_bpe)
+    ops["shared_expert"] = gemm_traffic(t, m.hidden_size, 3 * m.moe_intermediate_size, weight_bpe, act_bpe,
+                                        m.n_shared_experts)
+    if tokens_per_expert is None:
+        tokens_per_expert = t * m.num_experts_per_tok / m.n_routed_experts
+    ops["routed_experts"] = gemm_traffic(tokens_per_expert, m.hidden_size, 3 * m.moe_intermediate_size, weight_bpe,
+                                         act_bpe, experts_per_device)
+    ops["dense_mlp"] = gemm_traffic(t, m.hidden_size, 3 * m.intermediate_size, weight_bpe, act_bpe)
+    ops["lm_head"] = gemm_traffic(t, m.hidden_size, m.vocab_size, weight_bpe, act_bpe)
+    return ops
+
+
+def roofline(intensity: Tokens, peak_flops: float, bandwidth: float) -> Tokens:
+    """Attainable FLOP/s of an op of arithmetic `intensity` (FLOP/byte) on a device with
+    `peak_flops` (FLOP/s) and memory `bandwidth` (byte/s): min(peak, intensity × bandwidth).
+    The ridge point, peak / bandwidth, is where the two limits meet."""
+    return np.minimum(peak_flops, np.asarray(intensity, dtype=float) * bandwidth)
+
+
+def kv_transfer_rate(m: Model, tokens_per_s: Tokens, bytes_per_element: float) -> Tokens:
+    """Bytes per second of KV cache that prefill hands to decode when it finishes
+    `tokens_per_s` prompt tokens per second: every layer's latent and RoPE key per token."""
+    return np.asarray(tokens_per_s, dtype=float) * kv_bytes_per_token(m, bytes_per_element)

@@ -26,7 +26,7 @@ H800 = ROOT / "params" / "hardware" / "h800.yaml"
 WORKLOAD = ROOT / "params" / "workload" / "seed-003.yaml"
 MODEL = ROOT / "params" / "model" / "deepseek-v3.yaml"
 
-DECODE = ["decode", "--tp", "1", "--batch", "32", "--kv-len", "4383"]
+DECODE = ["decode", "--policy", "seed003", "--tp", "1", "--batch", "32", "--kv-len", "4383"]
 
 
 def _edited(path: Path, edit) -> str:
@@ -105,27 +105,27 @@ BAD: dict[str, tuple[list[str], dict, str]] = {
                          {"m.yaml": (MODEL, _set("num_attention_heads", value=0))}, r"'num_attention_heads'"),
     "model-all-dense": (DECODE + ["--hardware", "h800", "--model", "{tmp}/m.yaml"],
                         {"m.yaml": (MODEL, _set("first_k_dense_replace", value=61))}, r"'first_k_dense_replace'"),
-    "tp-not-dividing-heads": (["decode", "--hardware", "h800", "--tp", "3", "--batch", "32", "--kv-len", "100"], {},
+    "tp-not-dividing-heads": (["decode", "--policy", "seed003", "--hardware", "h800", "--tp", "3", "--batch", "32", "--kv-len", "100"], {},
                               r"TP 3 does not divide the 128 attention heads"),
-    "prefill-tp-not-dividing-heads": (["prefill", "--hardware", "h800", "--tp", "3"], {}, r"TP 3 does not divide"),
-    "prefill-tp-beyond-node": (["prefill", "--hardware", "h800", "--tp", "16"], {}, r"TP 16 must divide"),
-    "tp-zero": (["decode", "--hardware", "h800", "--tp", "0", "--batch", "32", "--kv-len", "100"], {}, r"--tp"),
-    "batch-zero": (["decode", "--hardware", "h800", "--tp", "1", "--batch", "0", "--kv-len", "100"], {}, r"--batch"),
-    "batch-negative": (["decode", "--hardware", "h800", "--tp", "1", "--batch", "-4", "--kv-len", "100"], {},
+    "prefill-tp-not-dividing-heads": (["prefill", "--policy", "seed003", "--hardware", "h800", "--tp", "3"], {}, r"TP 3 does not divide"),
+    "prefill-tp-beyond-node": (["prefill", "--policy", "seed003", "--hardware", "h800", "--tp", "16"], {}, r"TP 16 must divide"),
+    "tp-zero": (["decode", "--policy", "seed003", "--hardware", "h800", "--tp", "0", "--batch", "32", "--kv-len", "100"], {}, r"--tp"),
+    "batch-zero": (["decode", "--policy", "seed003", "--hardware", "h800", "--tp", "1", "--batch", "0", "--kv-len", "100"], {}, r"--batch"),
+    "batch-negative": (["decode", "--policy", "seed003", "--hardware", "h800", "--tp", "1", "--batch", "-4", "--kv-len", "100"], {},
                        r"--batch"),
-    "batch-fraction": (["decode", "--hardware", "h800", "--tp", "1", "--batch", "1.5", "--kv-len", "100"], {},
+    "batch-fraction": (["decode", "--policy", "seed003", "--hardware", "h800", "--tp", "1", "--batch", "1.5", "--kv-len", "100"], {},
                        r"--batch: must be a positive integer"),
-    "batch-text": (["decode", "--hardware", "h800", "--tp", "1", "--batch", "many", "--kv-len", "100"], {},
+    "batch-text": (["decode", "--policy", "seed003", "--hardware", "h800", "--tp", "1", "--batch", "many", "--kv-len", "100"], {},
                    r"--batch: must be a positive integer"),
-    "batch-astronomical": (["decode", "--hardware", "h800", "--tp", "1", "--batch", "1" + "0" * 400, "--kv-len",
+    "batch-astronomical": (["decode", "--policy", "seed003", "--hardware", "h800", "--tp", "1", "--batch", "1" + "0" * 400, "--kv-len",
                             "100"], {}, r"--batch: must be at most"),
-    "kv-len-zero": (["decode", "--hardware", "h800", "--tp", "1", "--batch", "1", "--kv-len", "0"], {}, r"--kv-len"),
-    "kv-len-fraction": (["decode", "--hardware", "h800", "--tp", "1", "--batch", "1", "--kv-len", "2.5"], {},
+    "kv-len-zero": (["decode", "--policy", "seed003", "--hardware", "h800", "--tp", "1", "--batch", "1", "--kv-len", "0"], {}, r"--kv-len"),
+    "kv-len-fraction": (["decode", "--policy", "seed003", "--hardware", "h800", "--tp", "1", "--batch", "1", "--kv-len", "2.5"], {},
                         r"--kv-len"),
-    "seq-len-zero": (["prefill", "--hardware", "h800", "--tp", "4", "--seq-len", "0"], {}, r"--seq-len"),
-    "seq-len-negative": (["prefill", "--hardware", "h800", "--tp", "4", "--seq-len", "-1"], {}, r"--seq-len"),
-    "seq-len-fraction": (["prefill", "--hardware", "h800", "--tp", "4", "--seq-len", "3.5"], {}, r"--seq-len"),
-    "batch-does-not-fit": (["decode", "--hardware", "h800", "--tp", "1", "--batch", "1000", "--kv-len", "4383"], {},
+    "seq-len-zero": (["prefill", "--policy", "seed003", "--hardware", "h800", "--tp", "4", "--seq-len", "0"], {}, r"--seq-len"),
+    "seq-len-negative": (["prefill", "--policy", "seed003", "--hardware", "h800", "--tp", "4", "--seq-len", "-1"], {}, r"--seq-len"),
+    "seq-len-fraction": (["prefill", "--policy", "seed003", "--hardware", "h800", "--tp", "4", "--seq-len", "3.5"], {}, r"--seq-len"),
+    "batch-does-not-fit": (["decode", "--policy", "seed003", "--hardware", "h800", "--tp", "1", "--batch", "1000", "--kv-len", "4383"], {},
                            r"batch 1000 does not fit .* over by [\d,.]+ GB"),
     "unknown-subcommand": (["frobnicate"], {}, r"invalid choice: 'frobnicate'"),
     "no-subcommand": ([], {}, r"required"),
@@ -135,12 +135,12 @@ BAD: dict[str, tuple[list[str], dict, str]] = {
 }
 
 GOOD: dict[str, list[str]] = {
-    "decode": ["decode", "--hardware", "h800", "--tp", "1", "--batch", "32", "--kv-len", "4383", "--json"],
-    "decode-copy": ["decode", "--hardware", "{tmp}/copy/h800.yaml", "--tp", "1", "--batch", "32", "--kv-len", "4383",
+    "decode": ["decode", "--policy", "seed003", "--hardware", "h800", "--tp", "1", "--batch", "32", "--kv-len", "4383", "--json"],
+    "decode-copy": ["decode", "--policy", "seed003", "--hardware", "{tmp}/copy/h800.yaml", "--tp", "1", "--batch", "32", "--kv-len", "4383",
                     "--json"],
-    "prefill": ["prefill", "--hardware", "h800", "--tp", "4", "--json"],
-    "prefill-copy": ["prefill", "--hardware", "{tmp}/copy/h800.yaml", "--tp", "4", "--json"],
-    "decode-text": ["decode", "--hardware", "h20", "--tp", "4", "--batch", "32", "--kv-len", "4383"],
+    "prefill": ["prefill", "--policy", "seed003", "--hardware", "h800", "--tp", "4", "--json"],
+    "prefill-copy": ["prefill", "--policy", "seed003", "--hardware", "{tmp}/copy/h800.yaml", "--tp", "4", "--json"],
+    "decode-text": ["decode", "--policy", "seed003", "--hardware", "h20", "--tp", "4", "--batch", "32", "--kv-len", "4383"],
     "reproduce": ["reproduce", "seed-003", "--json"],
     "errata": ["reproduce", "seed-003", "--errata"],
 }

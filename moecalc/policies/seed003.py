@@ -24,7 +24,7 @@ so that its printed numbers come out, and each is named where it acts:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Mapping
@@ -362,3 +362,23 @@ def best_decode_tp(m: Model, hw: Hardware, batch: int, kv_len: int, force_tp8: b
     tp1 = (gemm + attn) * batch
     tp4 = tp1 / 4 + all_reduce_time(m, r, kv_len)
     return 4 if tp1 > tp4 else 1
+
+
+# Seed §3.1 table: decode EP sizes and their redundant experts (16+ for EPLB), giving 8, 4, 2
+# and 1 routed experts per GPU.
+EP_REDUNDANT = {34: 16, 72: 32, 144: 32, 320: 64}
+
+
+def max_decode_batch(m: Model, hw: Hardware, tp: int, kv_len: int, output_len: int, ep: int | None = None,
+                     kv_dtype: str = "fp8", policy: Seed003Policy | None = None):
+    """Seed §3.2 ``_decoding_batchsize``: the largest batch per GPU whose KV cache fits beside
+    the weights, (usable memory − weights) / KV per request, as a real number (the seed prints
+    it rounded); negative when the weights alone do not fit. Same accounting as
+    :func:`decode_memory` (its GiB-for-GB reading, × TP KV copies, 90 % usable); an `ep` of
+    the §3.1 table takes that table's redundant experts."""
+    policy = policy or load_policy()
+    if ep in EP_REDUNDANT:
+        policy = replace(policy, decode_redundant_experts=EP_REDUNDANT[ep])
+    weights, available = decode_memory(m, hw, policy, tp, 0, kv_len, output_len, ep, kv_dtype)
+    per_request = decode_memory(m, hw, policy, tp, 1, kv_len, output_len, ep, kv_dtype)[0] - weights
+    return (available - weights) / per_request

@@ -18,4 +18,10 @@ def _seed003() -> list[dict]:
     return seed003.records()
 
 
-SEEDS: dict[str, Callable[[], list[dict]]] = {"seed-003": _seed003}
+def _seed002() -> list[dict]:
+    from . import seed002
+
+    return seed002.records()
+
+
+SEEDS: dict[str, Callable[[], list[dict]]] = {"seed-002": _seed002, "seed-003": _seed003}

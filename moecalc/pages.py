@@ -1,0 +1,227 @@
+"""What a book page calls to show its results: captioned tables (also written as CSV),
+captioned figures, inline numbers and the source of a moecalc function.
+
+Used inside the notebooks under ``book/chapters/``; nothing here computes a result. Every
+output is deterministic text (MyST markdown that Jupyter Book renders) or a PNG rendered
+with fixed fonts, size and metadata, so that re-executing a notebook gives the same bytes
+and nbval can compare the text.
+
+* A table is a ``{table}`` directive with a stable ``:name:`` label and a caption, and a
+  download link to ``tables/<label>.csv`` beside the page. The CSV is written only when the
+  book driver runs the notebook (it sets ``MOECALC_BOOK_WRITE=1``), never under nbval.
+* A figure is stored as glue data (myst-nb's format) and pasted by a ``{glue:figure}``
+  directive with a label and a caption.
+* ``glue`` stores a short text (a worked number) that the prose pastes with
+  ``{glue:md}`key```.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import inspect
+import io
+import math
+import os
+import re
+import textwrap
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+WRITE_ENV = "MOECALC_BOOK_WRITE"  # set to "1" by moecalc.book while it executes a page
+TABLES_DIR = "tables"  # beside the executed notebook
+GLUE_PREFIX = "application/papermill.record/"  # myst-nb's glue mime prefix (hidden output)
+_LABEL = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+
+# Figure style: fixed size, resolution and a font that ships inside matplotlib, so that the
+# PNG bytes do not depend on the fonts installed on the machine.
+FIG_DPI = 100
+STYLE = {
+    "font.family": "DejaVu Sans",
+    "font.size": 9.0,
+    "axes.titlesize": 10.0,
+    "axes.labelsize": 9.0,
+    "legend.fontsize": 8.0,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "figure.dpi": FIG_DPI,
+    "savefig.dpi": FIG_DPI,
+    "path.simplify": False,
+    "svg.hashsalt": "moecalc",
+}
+PNG_METADATA = {"Software": None}  # no matplotlib version stamp in the PNG
+
+
+def _display(bundle: dict[str, Any], metadata: dict[str, Any] | None = None) -> None:
+    from IPython.display import display
+
+    display(bundle, raw=True, metadata=metadata or {})
+
+
+def _cell(value: Any, fmt: str | None) -> str:
+    """One table cell as text: numbers with `fmt` (a format spec), None as an empty cell."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "—"
+    if fmt and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return format(value, fmt)
+    if hasattr(value, "item"):  # numpy scalar
+        return _cell(value.item(), fmt)
+    return str(value)
+
+
+def _csv_value(value: Any) -> Any:
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float):
+        return format(value, ".10g")
+    return "" if value is None else value
+
+
+def _escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+class Page:
+    """The results of one book page, labelled ``<prefix>-<name>``.
+
+    ``prefix`` makes labels unique across the book: a page run once per hardware profile
+    passes the profile's stem and the chapter (``Page("prefill", "h800")`` → labels
+    ``h800-prefill-…``); a page run once passes its chapter only.
+    """
+
+    def __init__(self, chapter: str, profile: str | None = None):
+        self.prefix = f"{profile}-{chapter}" if profile else chapter
+        self._labels: set[str] = set()
+
+    # ------------------------------------------------------------ labels
+
+    def label(self, name: str) -> str:
+        label = f"{self.prefix}-{name}".lower()
+        if not _LABEL.match(label):
+            raise ValueError(f"label {label!r}: use lower-case letters, digits and '-'")
+        if label in self._labels:
+            raise ValueError(f"label {label!r} used twice on this page")
+        self._labels.add(label)
+        return label
+
+    # ------------------------------------------------------------ text
+
+    def md(self, text: str) -> None:
+        """Show MyST markdown (dedented), e.g. a sentence with a computed number."""
+        _display({"text/markdown": textwrap.dedent(text).strip() + "\n", "text/plain": textwrap.dedent(text).strip()})
+
+    def glue(self, key: str, text: str) -> None:
+        """Store `text` (markdown) for the prose to paste with ``{glue:md}`key```; shows
+        nothing here."""
+        _display({GLUE_PREFIX + "text/markdown": text, GLUE_PREFIX + "text/plain": text},
+                 {"scrapbook": {"name": key, "mime_prefix": GLUE_PREFIX}})
+
+    def source(self, *objects: Callable[..., Any] | type) -> None:
+        """Show the source of moecalc functions or classes: the formula, where it lives."""
+        blocks = []
+        for obj in objects:
+            module = inspect.getmodule(obj)
+            where = f"{module.__name__}.{obj.__qualname__}" if module else obj.__qualname__
+            code = textwrap.dedent(inspect.getsource(obj)).rstrip()
+            blocks.append(f"`{where}`:\n\n````python\n{code}\n````")
+        self.md("\n\n".join(blocks))
+
+    # ------------------------------------------------------------ tables
+
+    def table(
+        self,
+        name: str,
+        caption: str,
+        header: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        formats: Sequence[str | None] | str | None = None,
+    ) -> None:
+        """A captioned, labelled table, also written to ``tables/<label>.csv``.
+
+        `formats` gives one format spec per column (e.g. ``",.0f"``, ``".3f"``, or None for
+        ``str``), or one spec for every numeric cell. The CSV keeps 10 significant digits.
+        The label is ``<prefix>-<name>``, for cross-references (``{numref}`label```).
+        """
+        label = self.label(name)
+        ncol = len(header)
+        if any(len(r) != ncol for r in rows):
+            raise ValueError(f"table {label}: every row needs {ncol} cells")
+        fmts = list(formats) if isinstance(formats, (list, tuple)) else [formats] * ncol
+        numeric = [
+            all(isinstance(r[i], (int, float)) or hasattr(r[i], "item") or r[i] is None for r in rows)
+            and any(r[i] is not None for r in rows)
+            for i in range(ncol)
+        ]
+        lines = [
+            "| " + " | ".join(_escape(h) for h in header) + " |",
+            "|" + "|".join("---:" if num else ":---" for num in numeric) + "|",
+        ]
+        lines += ["| " + " | ".join(_escape(_cell(v, f)) for v, f in zip(r, fmts)) + " |" for r in rows]
+        csv_name = f"{TABLES_DIR}/{label}.csv"
+        if os.environ.get(WRITE_ENV) == "1":
+            self._write_csv(Path(csv_name), header, rows)
+        body = "\n".join(lines)
+        self.md(
+            f"```{{table}} {_escape(caption)}\n:name: {label}\n:align: center\n\n{body}\n```\n\n"
+            f"<span class=\"csv-link\">Table data: {{download}}`{label}.csv <{csv_name}>`</span>"
+        )
+
+    @staticmethod
+    def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows([[_csv_value(v) for v in r] for r in rows])
+        data = buf.getvalue()
+        if not path.is_file() or path.read_text(encoding="utf-8") != data:
+            path.write_text(data, encoding="utf-8")
+
+    # ------------------------------------------------------------ figures
+
+    def subplots(self, ncols: int = 1, nrows: int = 1, width: float = 6.4, height: float = 3.4, **kwargs):
+        """A new (figure, axes) in the book's style. No pyplot: nothing is shown until
+        :meth:`figure` is called with it."""
+        import matplotlib
+
+        matplotlib.rcParams.update(STYLE)
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(width, height), layout="constrained")
+        axes = fig.subplots(nrows, ncols, squeeze=True, **kwargs)
+        return fig, axes
+
+    def figure(self, name: str, caption: str, fig: Any) -> None:
+        """Show `fig` as a figure labelled ``<prefix>-<name>``, with `caption`."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        label = self.label(name)
+        FigureCanvasAgg(fig)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=FIG_DPI, metadata=PNG_METADATA)
+        png = base64.b64encode(buf.getvalue()).decode("ascii")
+        width, height = (int(round(v * FIG_DPI)) for v in fig.get_size_inches())
+        _display(
+            {GLUE_PREFIX + "image/png": png, GLUE_PREFIX + "text/plain": f"<figure {label}: {width}×{height} px>"},
+            {"scrapbook": {"name": label, "mime_prefix": GLUE_PREFIX}},
+        )
+        self.md(f"```{{glue:figure}} {label}\n:name: {label}\n:figwidth: 100%\n\n{caption}\n```")
+
+
+def fmt_si(value: float, unit: str, digits: int = 3) -> str:
+    """``1.234e9, "B"`` → ``"1.23 GB"``: decimal (SI) prefixes only, never binary ones."""
+    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.{digits}g} {prefix}{unit}"
+    return f"{value:.{digits}g} {unit}"
+
+
+def like(published: str, value: float) -> str:
+    """`value` printed with as many decimals as the `published` figure shows (``"52240.1"``
+    → one decimal), with thousands separators only if it has them, so that a reproduced
+    number reads beside the one it reproduces."""
+    match = re.search(r"\d+(?:\.(\d+))?", published.replace(",", ""))
+    decimals = len(match.group(1) or "") if match else 3
+    return f"{value:{',' if ',' in published else ''}.{decimals}f}"

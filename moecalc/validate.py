@@ -1,0 +1,207 @@
+"""The roofline policy against published system-level measurements.
+
+``params/measurements/systems.yaml`` lists end-to-end figures (DeepSeek's H800 day-6 averages
+and profile-derived throughputs, LMSYS's H100 prefill and decode), each with its source, its
+conditions and the deployment parameters kernel data cannot pin (expert-load imbalance,
+redundant experts, MTP acceptance), each named and sourced there. :func:`validate` runs the
+roofline policy at each point's conditions and returns published vs computed with the signed
+error ``(computed − published) / published``: positive means the model is optimistic (too
+fast). Efficiencies come from the hardware profiles, calibrated on kernels only
+(:mod:`moecalc.calibrate`); nothing here feeds back into them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .errors import InputError
+from .profiles import PARAMS_DIR, Hardware, Model, Workload, load_hardware, load_model, read_yaml
+from .policies import roofline as rl
+from .units import DTYPE_BYTES
+
+SYSTEMS_FILE = PARAMS_DIR / "measurements" / "systems.yaml"
+MODEL = "deepseek-v3"
+PHASES = ("decode", "prefill")
+METRICS = {
+    "output_tokens_per_s_per_node": "decode",
+    "tbo_throughput_ratio": "decode",
+    "input_tokens_per_s_per_node": "prefill",
+}
+_COMMON = ("id", "source", "setup", "phase", "hardware", "layout", "dtypes", "deployment", "metric", "published",
+           "tolerance_pct", "attribution")
+_PHASE_FIELDS = {"decode": ("kv_len", "mtp_accept"), "prefill": ("tokens_per_gpu", "prompt_len", "kv_cache_hit_rate")}
+_LAYOUT = {"decode": ("tp", "dp", "moe_tp", "ep", "batch", "tbo"), "prefill": ("tp", "dp", "moe_tp", "ep", "tbo")}
+_DTYPES = ("weight", "kv", "dispatch", "combine")
+_DEPLOYMENT = ("expert_imbalance", "redundant_experts")
+
+
+@dataclass(frozen=True)
+class SystemPoint:
+    id: str
+    source: str
+    setup: str
+    phase: str
+    hardware: str
+    layout: Mapping[str, Any]
+    dtypes: Mapping[str, str]
+    deployment: Mapping[str, float]
+    metric: str
+    published: float
+    tolerance_pct: float
+    attribution: str
+    conditions: Mapping[str, float]  # kv_len, mtp_accept (decode) or tokens_per_gpu, prompt_len, kv_cache_hit_rate
+
+
+def _number(where: str, key: str, value: Any, lower: float = 0.0, strict: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (float("inf"),):
+        raise InputError(f"{where}: field '{key}': must be a number, got {value!r}")
+    if value < lower or (strict and value == lower):
+        raise InputError(f"{where}: field '{key}': must be {'>' if strict else '≥'} {lower:g}, got {value!r}")
+    return float(value)
+
+
+def load_points(path: Path | None = None) -> list[SystemPoint]:
+    """Every system point of the data file, checked field by field (one error line)."""
+    path = Path(path or SYSTEMS_FILE)
+    points = read_yaml(path).get("points")
+    if not isinstance(points, list) or not points:
+        raise InputError(f"{path}: field 'points': must be a non-empty list")
+    out, seen = [], set()
+    for i, p in enumerate(points):
+        where = f"{path}: points[{i}]"
+        if not isinstance(p, dict):
+            raise InputError(f"{where}: must be a mapping")
+        phase = p.get("phase")
+        if phase not in PHASES:
+            raise InputError(f"{where}: field 'phase': must be decode or prefill, got {phase!r}")
+        for key in _COMMON + _PHASE_FIELDS[phase]:
+            if key not in p:
+                raise InputError(f"{where}: field '{key}': missing")
+        unknown = set(p) - set(_COMMON) - set(_PHASE_FIELDS[phase])
+        if unknown:
+            raise InputError(f"{where}: field '{sorted(unknown)[0]}': unknown key for a {phase} point")
+        if p["id"] in seen:
+            raise InputError(f"{where}: duplicate id {p['id']!r}")
+        seen.add(p["id"])
+        if METRICS.get(p["metric"]) != phase:
+            raise InputError(f"{where}: field 'metric': {p['metric']!r} is not a {phase} metric "
+                             f"(known: {', '.join(k for k, v in METRICS.items() if v == phase)})")
+        for key, names in (("layout", _LAYOUT[phase]), ("dtypes", _DTYPES), ("deployment", _DEPLOYMENT)):
+            block = p[key]
+            if not isinstance(block, dict) or set(block) != set(names):
+                raise InputError(f"{where}: field '{key}': must have exactly {', '.join(names)}")
+        for k in _DTYPES:
+            if p["dtypes"][k] not in DTYPE_BYTES:
+                raise InputError(f"{where}: field 'dtypes.{k}': unknown dtype {p['dtypes'][k]!r}")
+        if not isinstance(p["layout"]["tbo"], bool):
+            raise InputError(f"{where}: field 'layout.tbo': must be true or false")
+        for k in _LAYOUT[phase][:-1]:
+            _number(where, f"layout.{k}", p["layout"][k], 1.0, strict=False)
+        _number(where, "deployment.expert_imbalance", p["deployment"]["expert_imbalance"], 1.0, strict=False)
+        _number(where, "deployment.redundant_experts", p["deployment"]["redundant_experts"], 0.0, strict=False)
+        conditions = {k: _number(where, k, p[k], 0.0, strict=k != "kv_cache_hit_rate") for k in _PHASE_FIELDS[phase]}
+        for key in ("source", "setup", "attribution"):
+            if not isinstance(p[key], str):
+                raise InputError(f"{where}: field '{key}': must be text")
+        out.append(SystemPoint(
+            id=p["id"], source=p["source"], setup=p["setup"], phase=phase, hardware=p["hardware"],
+            layout=p["layout"], dtypes=p["dtypes"], deployment=p["deployment"], metric=p["metric"],
+            published=_number(where, "published", p["published"]),
+            tolerance_pct=_number(where, "tolerance_pct", p["tolerance_pct"]),
+            attribution=p["attribution"].strip(), conditions=conditions,
+        ))
+    return out
+
+
+def workload(point: SystemPoint) -> Workload:
+    """The point's conditions as a workload (dtypes, prompt, cache hits)."""
+    d = point.dtypes
+    prompt = int(point.conditions.get("prompt_len", point.conditions.get("kv_len", 1)))
+    return Workload(
+        key=point.id, path=SYSTEMS_FILE, name=point.id, sources=(point.source,),
+        prompt_len=prompt, output_len=1, kv_cache_hit_rate=point.conditions.get("kv_cache_hit_rate", 0.0),
+        avg_kv_len=int(point.conditions.get("kv_len", prompt)), min_tokens_per_user=None, max_ttft_s=None,
+        max_memory_bytes=None, weight_dtype=d["weight"], activation_dtype="bf16", kv_dtype=d["kv"],
+        dispatch_dtype=d["dispatch"], combine_dtype=d["combine"],
+    )
+
+
+def _layout(point: SystemPoint, **override) -> rl.Layout:
+    values = {**point.layout, **override}
+    return rl.Layout(tp=values["tp"], dp=values["dp"], moe_tp=values["moe_tp"], ep=values["ep"],
+                     batch=values.get("batch", 1), tbo=values["tbo"])
+
+
+def compute(point: SystemPoint, m: Model, hw: Hardware, expert_imbalance: float | None = None) -> float:
+    """The model's figure for `point`, in its metric (imbalance overridable, for solving)."""
+    wl = workload(point)
+    imbalance = point.deployment["expert_imbalance"] if expert_imbalance is None else expert_imbalance
+    kw = dict(expert_imbalance=imbalance, redundant_experts=int(point.deployment["redundant_experts"]))
+    c = point.conditions
+    per_node = hw.scale_up_domain
+    if point.phase == "prefill":
+        layout = _layout(point)
+        rl.check_layout(m, rl.Layout(tp=layout.tp, dp=layout.dp, moe_tp=layout.moe_tp, ep=layout.ep, batch=1),
+                        kw["redundant_experts"])
+        p = rl.prefill(m, hw, wl, layout, c["tokens_per_gpu"], c["prompt_len"], c["kv_cache_hit_rate"], **kw)
+        rl.check_fits(p, hw, f"prefill of {c['tokens_per_gpu']:g} tokens per GPU")
+        return float(p.input_tokens_per_s_per_device) * per_node
+
+    def throughput(tbo: bool) -> float:
+        layout = _layout(point, tbo=tbo)
+        rl.check_layout(m, layout, kw["redundant_experts"])
+        step = rl.decode(m, hw, wl, layout, c["kv_len"], c["mtp_accept"], **kw)
+        rl.check_fits(step, hw, f"batch {layout.batch} at KV length {c['kv_len']:g}")
+        return float(rl.tokens_per_s_per_device(step, layout)) * per_node
+
+    if point.metric == "tbo_throughput_ratio":
+        return throughput(True) / throughput(False)
+    return throughput(bool(point.layout["tbo"]))
+
+
+def validate(points: list[SystemPoint] | None = None) -> list[dict[str, Any]]:
+    """One record per system point: published, computed, signed error in %, within tolerance."""
+    points = load_points() if points is None else points
+    m = load_model(MODEL)
+    hardware: dict[str, Hardware] = {}
+    records = []
+    for p in points:
+        hw = hardware.setdefault(p.hardware, load_hardware(p.hardware))
+        computed = compute(p, m, hw)
+        error = (computed - p.published) / p.published * 100.0
+        records.append({
+            "id": p.id,
+            "source": p.source,
+            "setup": p.setup,
+            "metric": p.metric,
+            "published": p.published,
+            "computed": computed,
+            "error_pct": error,
+            "tolerance_pct": p.tolerance_pct,
+            "within": abs(error) <= p.tolerance_pct,
+            "attribution": p.attribution,
+            "hardware": hw.name,
+            "phase": p.phase,
+        })
+    return records
+
+
+def imbalance_for_ratio(point: SystemPoint, ratio: float, m: Model | None = None, hw: Hardware | None = None,
+                        upper: float = 4.0) -> float:
+    """The expert imbalance at which `point`'s figure falls to `ratio` × its balanced figure
+    (bisection; the figure falls monotonically as the imbalance grows)."""
+    if not 0.0 < ratio <= 1.0:
+        raise InputError(f"a throughput ratio from imbalance must be in (0, 1], got {ratio}")
+    m = m or load_model(MODEL)
+    hw = hw or load_hardware(point.hardware)
+    f: Callable[[float], float] = lambda x: compute(point, m, hw, x)  # noqa: E731
+    balanced = f(1.0)
+    lo, hi = 1.0, upper
+    if f(hi) > ratio * balanced:
+        raise InputError(f"{point.id}: even an imbalance of {upper:g} does not lower the figure by {1 - ratio:.0%}")
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if f(mid) > ratio * balanced else (lo, mid)
+    return 0.5 * (lo + hi)
