@@ -1,6 +1,7 @@
 # The README's two commands: `make book` builds the whole book, `make test` runs every test.
 # Both first run `make setup`, which creates .venv and installs moecalc with its extras
-# (once: it is redone only when pyproject.toml changes).
+# (once: it is redone only when pyproject.toml or constraints.txt changes). constraints.txt pins
+# the exact versions the committed notebooks were executed with.
 
 PYTHON ?= python3
 VENV := .venv
@@ -11,10 +12,10 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "moecalc needs Python >= 3.11")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,book]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,book]'
 	touch $(STAMP)
 
 # Executes the notebooks whose inputs changed (book/executed/, committed), regenerates the

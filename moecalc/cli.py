@@ -583,7 +583,8 @@ def cmd_book(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="moecalc", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="moecalc", description="How fast DeepSeek-V3/R1-class MoE models run in inference: "
+                     "counts, timing policies, deployment search, seed reproductions and the book.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
     def command(name: str, run: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
@@ -601,6 +602,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--policy", default="roofline", choices=["roofline", "seed003"],
                        help="timing policy (default roofline; seed003 reproduces seed 003)")
 
+    def roofline_options(p: argparse.ArgumentParser) -> None:
+        """The layout and deployment options prefill and decode share under the roofline policy."""
+        p.add_argument("--dp", type=positive_int, help="attention data-parallel size (roofline; default: devices / tp)")
+        p.add_argument("--moe-tp", type=positive_int, help="MoE tensor-parallel size (roofline; default 1)")
+        p.add_argument("--tbo", action="store_true", default=None, help="two-batch overlap (roofline)")
+        p.add_argument("--dtype", choices=["fp8", "bf16"], help="KV-cache dtype (roofline; default: the workload's)")
+        p.add_argument("--expert-imbalance", type=_at_least_one,
+                       help="max/mean routed-expert load per EP rank (roofline; default 1 = perfect balance)")
+        p.add_argument("--redundant-experts", type=_non_negative_int,
+                       help="extra expert copies for load balancing, (E + r) / ep per EP rank (roofline; default 0)")
+
     p = command("flops", cmd_flops, "parameters, FLOPs per token and KV bytes per token of a model")
     p.add_argument("--model", default="deepseek-v3", help="model profile name or YAML path")
     p.add_argument("--kv-len", type=positive_int, default=1, help="KV length for MLA FLOPs per token (default 1)")
@@ -612,14 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ep", type=positive_int, help="expert-parallel size (roofline; default: devices / moe-tp)")
     p.add_argument("--tokens-per-gpu", type=positive_int, help="new prompt tokens per GPU per forward (roofline)")
     p.add_argument("--kv-cache-hit-rate", type=_hit_rate, help="prefix-cache hit rate (roofline; default: the workload's)")
-    p.add_argument("--dp", type=positive_int, help="attention data-parallel size (roofline; default: devices / tp)")
-    p.add_argument("--moe-tp", type=positive_int, help="MoE tensor-parallel size (roofline; default 1)")
-    p.add_argument("--tbo", action="store_true", default=None, help="two-batch overlap (roofline)")
-    p.add_argument("--dtype", choices=["fp8", "bf16"], help="KV-cache dtype (roofline; default: the workload's)")
-    p.add_argument("--expert-imbalance", type=_at_least_one,
-                   help="max/mean routed-expert load per EP rank (roofline; default 1 = perfect balance)")
-    p.add_argument("--redundant-experts", type=_non_negative_int,
-                   help="extra expert copies for load balancing, (E + r) / ep per EP rank (roofline; default 0)")
+    roofline_options(p)
 
     p = command("decode", cmd_decode, "time per output token, tokens/s and memory of one decode step")
     profiles(p)
@@ -631,14 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="expert-parallel size (roofline: default devices / moe-tp; seed003: memory only)")
     p.add_argument("--mtp-accept", type=_at_least_one,
                    help="MTP: accepted tokens per step, 1 to 2 (roofline; default 1 = no MTP)")
-    p.add_argument("--dp", type=positive_int, help="attention data-parallel size (roofline; default: devices / tp)")
-    p.add_argument("--moe-tp", type=positive_int, help="MoE tensor-parallel size (roofline; default 1)")
-    p.add_argument("--tbo", action="store_true", default=None, help="two-batch overlap (roofline)")
-    p.add_argument("--dtype", choices=["fp8", "bf16"], help="KV-cache dtype (roofline; default: the workload's)")
-    p.add_argument("--expert-imbalance", type=_at_least_one,
-                   help="max/mean routed-expert load per EP rank (roofline; default 1 = perfect balance)")
-    p.add_argument("--redundant-experts", type=_non_negative_int,
-                   help="extra expert copies for load balancing, (E + r) / ep per EP rank (roofline; default 0)")
+    roofline_options(p)
 
     p = command("search", cmd_search, "every deployment layout on N devices, filtered by memory and SLO, ranked")
     p.add_argument("--hardware", required=True, help="hardware profile name (params/hardware/) or YAML path")
