@@ -23,6 +23,7 @@ from typing import Literal, Union
 import numpy as np
 
 from .profiles import Model
+from .units import dtype_bytes
 
 Tokens = Union[int, float, np.ndarray]
 MLAMode = Literal["plain", "absorbed", "premultiplied"]
@@ -242,6 +243,28 @@ def kv_bytes_per_token(m: Model, bytes_per_element: float, layers: int | None = 
     return m.kv_cache_dim * bytes_per_element * n
 
 
+# KV-cache formats, per token and layer: "fp8" the latent and RoPE key in FP8 without scales
+# (seed 003's accounting), "fp8+scales" FlashMLA's FP8 layout, "bf16" DeepSeek's reference
+# implementation (and SGLang's default).
+KV_FORMATS = ("fp8", "fp8+scales", "bf16")
+KV_SCALE_GROUP = 128  # FP8 latent values sharing one FP32 scale in FlashMLA's FP8 cache
+
+
+def kv_format_bytes_per_token(m: Model, kv_format: str, layers: int | None = None) -> float:
+    """KV-cache bytes one token occupies in `kv_format` (see KV_FORMATS), all layers unless
+    `layers` is given. ``"fp8+scales"`` is FlashMLA's FP8 cache: the kv_lora_rank-wide latent in
+    FP8 with one FP32 scale per KV_SCALE_GROUP values, the RoPE key in BF16
+    (512 + 4 × 4 + 64 × 2 = 656 B per layer for DeepSeek-V3)."""
+    n = m.num_hidden_layers if layers is None else layers
+    if kv_format == "fp8+scales":
+        per_layer = (m.kv_lora_rank * dtype_bytes("fp8") + m.kv_lora_rank / KV_SCALE_GROUP * dtype_bytes("fp32")
+                     + m.qk_rope_head_dim * dtype_bytes("bf16"))
+        return per_layer * n
+    if kv_format in KV_FORMATS:
+        return kv_bytes_per_token(m, dtype_bytes(kv_format), layers=n)
+    raise ValueError(f"unknown KV format {kv_format!r} (known: {', '.join(KV_FORMATS)})")
+
+
 def hidden_bytes(m: Model, tokens: Tokens, bytes_per_element: float) -> Tokens:
     """Bytes of `tokens` hidden-state vectors: one all-reduce message, one token's dispatch."""
     return tokens * m.hidden_size * bytes_per_element
@@ -366,7 +389,13 @@ def roofline(intensity: Tokens, peak_flops: float, bandwidth: float) -> Tokens:
     return np.minimum(peak_flops, np.asarray(intensity, dtype=float) * bandwidth)
 
 
-def kv_transfer_rate(m: Model, tokens_per_s: Tokens, bytes_per_element: float) -> Tokens:
+def kv_transfer_rate(m: Model, tokens_per_s: Tokens, bytes_per_element: float | None = None,
+                     kv_format: str | None = None) -> Tokens:
     """Bytes per second of KV cache that prefill hands to decode when it finishes
-    `tokens_per_s` prompt tokens per second: every layer's latent and RoPE key per token."""
-    return np.asarray(tokens_per_s, dtype=float) * kv_bytes_per_token(m, bytes_per_element)
+    `tokens_per_s` prompt tokens per second: every layer's latent and RoPE key per token, at
+    `bytes_per_element` (no scales) or in `kv_format` (see :func:`kv_format_bytes_per_token`)."""
+    if (bytes_per_element is None) == (kv_format is None):
+        raise ValueError("give one of bytes_per_element and kv_format")
+    per_token = (kv_bytes_per_token(m, bytes_per_element) if kv_format is None
+                 else kv_format_bytes_per_token(m, kv_format))
+    return np.asarray(tokens_per_s, dtype=float) * per_token

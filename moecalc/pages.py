@@ -64,6 +64,9 @@ def _cell(value: Any, fmt: str | None) -> str:
         return ""
     if isinstance(value, float) and not math.isfinite(value):
         return "—"
+    if fmt == "auto" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        # a column mixing scales: whole numbers with separators from 1,000 up, else 4 digits
+        return format(value, ",.0f") if abs(value) >= 1000 else format(value, ".4g")
     if fmt and isinstance(value, (int, float)) and not isinstance(value, bool):
         return format(value, fmt)
     if hasattr(value, "item"):  # numpy scalar
@@ -140,8 +143,8 @@ class Page:
     ) -> None:
         """A captioned, labelled table, also written to ``tables/<label>.csv``.
 
-        `formats` gives one format spec per column (e.g. ``",.0f"``, ``".3f"``, or None for
-        ``str``), or one spec for every numeric cell. The CSV keeps 10 significant digits.
+        `formats` gives one format spec per column (e.g. ``",.0f"``, ``".3f"``, ``"auto"`` for a
+        column that mixes scales, or None for ``str``), or one spec for every numeric cell. The CSV keeps 10 significant digits.
         The label is ``<prefix>-<name>``, for cross-references (``{numref}`label```).
         """
         label = self.label(name)

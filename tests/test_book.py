@@ -321,7 +321,7 @@ def test_like_prints_at_the_published_precision():
 
 
 # ---------------------------------------------------------------- functions the book added to moecalc
-# (counts.gemm_traffic / layer_traffic / roofline / kv_transfer_rate, schedule.*,
+# (counts.gemm_traffic / layer_traffic / roofline / kv_transfer_rate / kv_format_bytes_per_token, schedule.*,
 #  seed003.max_decode_batch; the lead may move these next to their modules' tests)
 
 import numpy as np  # noqa: E402
@@ -372,6 +372,19 @@ def test_roofline_is_min_of_peak_and_bandwidth_times_intensity():
 
 def test_kv_transfer_rate_is_tokens_times_all_layers(v3):
     assert counts.kv_transfer_rate(v3, 1000.0, 2) == 1000 * 576 * 2 * 61
+    assert counts.kv_transfer_rate(v3, 1000.0, kv_format="fp8+scales") == 1000 * 656 * 61
+    with pytest.raises(ValueError):
+        counts.kv_transfer_rate(v3, 1000.0)
+
+
+def test_kv_formats_per_token_and_layer(v3):
+    """Seed 003's 576 B (FP8, no scales), FlashMLA's FP8 with one FP32 scale per 128 latent
+    values and a BF16 RoPE key (512 + 16 + 128 = 656 B), the reference's BF16 (1,152 B)."""
+    per_layer = {f: counts.kv_format_bytes_per_token(v3, f, layers=1) for f in counts.KV_FORMATS}
+    assert per_layer == {"fp8": 576, "fp8+scales": 656, "bf16": 1152}
+    assert counts.kv_format_bytes_per_token(v3, "bf16") == counts.kv_bytes_per_token(v3, 2.0)
+    with pytest.raises(ValueError, match="unknown KV format"):
+        counts.kv_format_bytes_per_token(v3, "fp4")
 
 
 def test_two_batch_overlap_hides_or_exposes():

@@ -232,6 +232,44 @@ def test_decode_answers_what_fits_and_refuses_what_does_not(m, hw, wl):
             assert np.all(np.diff(fits.astype(int)) <= 0)
 
 
+def test_max_batch_is_where_fits_turns_false(m, hw, wl):
+    """roofline.max_batch is the inverse of DecodeStep.fits, for arrays of layouts and KV
+    lengths; attention TP replicates the cache, so sequences per device fall with TP."""
+    tp = np.array([1.0, 2.0, 4.0, 8.0])[:, None]
+    kv = np.array([1024.0, 4989.0, 32768.0])[None, :]
+    lay = rl.Layout(tp=tp, dp=128 / tp, moe_tp=1, ep=128)
+    cap = rl.max_batch(m, hw, wl, lay, kv, redundant_experts=32)
+    assert cap.shape == (4, 3) and np.all(cap == np.floor(cap))
+    for extra, fits in ((0, True), (1, False)):
+        step = rl.decode(m, hw, wl, dataclasses.replace(lay, batch=np.maximum(cap + extra, 1)), kv,
+                         redundant_experts=32)
+        assert np.all(np.asarray(step.fits)[cap > 0] == fits)
+    assert np.all(np.diff(cap / tp, axis=0) < 0)  # per device: TP holds the cache tp times
+    assert np.all(np.diff(cap, axis=1) < 0)  # longer sequences, fewer of them
+    # an FP8 cache with its scales holds fewer sequences; a cap below the usable memory, fewer still
+    scaled = rl.max_batch(m, hw, wl, lay, kv, 32, kv_bytes_per_token=counts.kv_format_bytes_per_token(m, "fp8+scales"))
+    assert np.all(scaled <= cap) and np.any(scaled < cap)
+    capped = rl.max_batch(m, hw, wl, lay, kv, 32, memory_cap=30e9)
+    assert np.all(capped <= cap)
+    assert float(rl.max_batch(m, hw, wl, rl.Layout(tp=1, dp=1, moe_tp=1, ep=1), 4096)) == 0  # 671 B on one GPU
+
+
+def test_tbo_micro_batch_ops_add_up_to_the_tbo_time(m, wl):
+    """The micro-batch op times the policy exposes are the ones its TBO schedule overlaps."""
+    hw = profiles.load_hardware("h800")
+    lay = rl.Layout(tp=1, dp=32, moe_tp=1, ep=32, batch=np.array([8.0, 64.0, 256.0]), tbo=True)
+    d = rl.decode(m, hw, wl, lay, 4096)
+    half = rl.decode(m, hw, wl, dataclasses.replace(lay, batch=lay.batch / 2), 4096)
+    for op, t in d.tbo_moe_layer.items():
+        assert np.allclose(t, half.moe_layer[op])
+    nd, nm = m.n_dense_layers, m.n_moe_layers
+    p = rl.prefill(m, hw, wl, dataclasses.replace(lay, batch=1), np.array([2048.0, 16384.0]))
+    e = rl.efficiency(hw)
+    total = (nd * rl.tbo_layer_time(p.tbo_dense_layer, rl.DENSE_STAGES, e.tbo_overhead)
+             + nm * rl.tbo_layer_time(p.tbo_moe_layer, rl.PREFILL_STAGES, e.tbo_overhead))
+    assert np.all(total < p.time_tbo) and np.all(total > 0.95 * p.time_tbo)  # the rest: two LM heads
+
+
 def test_memory_accounts_for_every_parameter(m, wl):
     """On one device (TP1, EP1) the weights are the whole model: the FP8-quantized matrices
     at one byte, embedding, head, router and norms at two."""

@@ -400,6 +400,26 @@ def kv_bytes_per_device(m: Model, wl: Workload, batch, kv_len, mtp: bool = False
     return np.asarray(batch, dtype=float) * kv_len * per_token
 
 
+def max_batch(m: Model, hw: Hardware, wl: Workload, layout: Layout, kv_len, redundant_experts: int = 0,
+              mtp: bool = False, kv_bytes_per_token=None, memory_cap=None):
+    """Largest whole number of sequences per attention-DP rank whose KV cache fits beside the
+    weights on one device: floor((usable − weights) / (kv_len × KV bytes per token)), 0 when
+    the weights alone leave no room. The inverse of ``DecodeStep.fits``: usable memory is the
+    profile's ``usable_memory`` share of its capacity (or `memory_cap` bytes if smaller, e.g.
+    a workload's cap); weights as :func:`weight_bytes_per_device`. Every TP rank of a group
+    holds the whole group's cache, so a device holds ``max_batch`` sequences' KV and serves
+    ``max_batch / tp`` of them. `kv_bytes_per_token` (all layers, MTP's included if any)
+    overrides the workload's KV dtype, e.g. for an FP8 cache with its scales
+    (:func:`moecalc.counts.kv_format_bytes_per_token`). Arrays broadcast over layouts."""
+    usable = hw.memory_bytes * efficiency(hw).usable_memory
+    if memory_cap is not None:
+        usable = min(usable, float(memory_cap))
+    free = usable - weight_bytes_per_device(m, wl, layout, redundant_experts, mtp)
+    per_seq = (kv_bytes_per_device(m, wl, 1.0, kv_len, mtp) if kv_bytes_per_token is None
+               else np.asarray(kv_len, dtype=float) * kv_bytes_per_token)
+    return np.maximum(np.floor(free / per_seq), 0.0)
+
+
 # ---------------------------------------------------------------- layer ops
 
 
@@ -620,6 +640,8 @@ class DecodeStep:
     memory_capacity: float
     memory_usable: float = 0.0  # bytes per device for weights + KV (usable_memory × capacity)
     step_time_tbo: object = None  # seconds per step with two-batch overlap, whatever the layout says
+    tbo_dense_layer: Mapping[str, object] | None = None  # op → seconds, one dense layer, one of TBO's two micro-batches
+    tbo_moe_layer: Mapping[str, object] | None = None  # op → seconds, one MoE layer, one of TBO's two micro-batches
 
     @property
     def tpot(self):
@@ -707,6 +729,8 @@ def decode(
         memory_capacity=hw.memory_bytes,
         memory_usable=hw.memory_bytes * c.dev.eff.usable_memory,
         step_time_tbo=tbo_time,
+        tbo_dense_layer=d2,
+        tbo_moe_layer=m2,
     )
 
 
@@ -753,6 +777,9 @@ class PrefillPass:
     weight_bytes: object
     kv_bytes: object
     memory_usable: float
+    # op → seconds of one of TBO's two micro-batches (half the tokens, on the SMs the all-to-all leaves)
+    tbo_dense_layer: Mapping[str, object] | None = None
+    tbo_moe_layer: Mapping[str, object] | None = None
 
     @property
     def tokens_per_s_per_device(self):
@@ -850,4 +877,6 @@ def prefill(
         weight_bytes=weight_bytes_per_device(m, wl, layout, redundant_experts),
         kv_bytes=kv,
         memory_usable=hw.memory_bytes * c.dev.eff.usable_memory,
+        tbo_dense_layer=d2,
+        tbo_moe_layer=m2,
     )
