@@ -16,11 +16,13 @@
    parameter ``hardware=<stem>``, written to ``book/executed/<stem>/<chapter>.ipynb``; a
    ``per: once`` chapter one job, written to ``book/executed/common/<chapter>.ipynb``. A
    profile that lacks a field the chapter ``requires`` gets no page of that chapter.
-2. **Skip what is current.** Each job's inputs are hashed (the chapter source, its
-   parameters, every file under ``params/`` and ``moecalc/``, and the versions of the
-   packages that shape outputs). The hash is stored in the executed notebook's metadata
-   (``moecalc.inputs``); a job runs only when its notebook is missing, its hash differs, a
-   CSV it links to is missing, or ``--force`` is given.
+2. **Skip what is current.** Each job's inputs are hashed: the chapter source, its
+   parameters, every file under ``moecalc/``, the versions of the packages that shape
+   outputs, and the ``params/`` files the page read when it last ran (the driver appends a
+   cell that lists them, and removes it again). The hash and that list are stored in the
+   executed notebook's metadata (``moecalc.inputs``, ``moecalc.reads``); a job runs only when
+   its notebook is missing, its hash differs, a file it read or a CSV it links to is gone,
+   or ``--force`` is given. So a new hardware profile executes its own pages only.
 3. **Execute** the stale jobs with papermill's Python API in a process pool (one kernel per
    worker at a time), then make the result deterministic: volatile metadata stripped
    (timings, papermill's timestamps and durations, versions), cell ids derived from the
@@ -60,6 +62,8 @@ CELL_METADATA_KEEP = ("tags", "mystnb")
 HASHED_SUFFIXES = (".py", ".yaml", ".yml", ".json", ".toml", ".txt", ".csv")
 _FRONT = re.compile(r"\A---\n(.*?)\n---\n", re.S)
 _CSV_LINK = re.compile(r"<(tables/[A-Za-z0-9_.-]+\.csv)>")
+# Appended to every page before it runs, removed after: which profiles did it read?
+READS_CELL = "import json, moecalc.profiles\nprint(json.dumps(sorted(map(str, moecalc.profiles.FILES_READ))))"
 
 
 # ---------------------------------------------------------------- plan
@@ -201,20 +205,38 @@ def tree_digest(dirs: Iterable[Path], root: Path) -> str:
 
 
 def common_digest(root: Path = ROOT, versions: Mapping[str, str] | None = None) -> str:
-    """What every page depends on: params/, moecalc/ and package versions."""
+    """What every page depends on: moecalc/ and package versions (the profiles it reads are
+    per page: see :func:`job_digest`)."""
     versions = _versions() if versions is None else versions
-    tree = tree_digest([root / "params", root / "moecalc"], root)
+    tree = tree_digest([root / "moecalc"], root)
     return hashlib.sha256(json.dumps({"tree": tree, "versions": dict(versions), "kernel": KERNEL},
                                      sort_keys=True).encode()).hexdigest()
 
 
-def job_digest(job: Job, common: str) -> str:
-    """The hash of one job's inputs: its source, its parameters and the common digest."""
+def relative_reads(paths: Iterable[str], root: Path = ROOT) -> list[str]:
+    """The files a page read, as paths relative to `root` where they lie under it, sorted."""
+    top = root.resolve()
+    out = set()
+    for p in paths:
+        path = Path(p).resolve()
+        out.add(path.relative_to(top).as_posix() if path.is_relative_to(top) else path.as_posix())
+    return sorted(out)
+
+
+def job_digest(job: Job, common: str, reads: Sequence[str] = (), root: Path = ROOT) -> str | None:
+    """The hash of one job's inputs: its source, its parameters, the common digest and the
+    bytes of every file in `reads` (relative to `root`); None when one of them is gone."""
     h = hashlib.sha256()
     h.update(job.chapter.path.read_bytes())
     h.update(json.dumps(dict(job.parameters), sort_keys=True).encode())
     h.update(job.profile.encode())
     h.update(common.encode())
+    for name in reads:
+        path = root / name
+        if not path.is_file():
+            return None
+        h.update(name.encode() + b"\0")
+        h.update(hashlib.sha256(path.read_bytes()).digest())
     return h.hexdigest()
 
 
@@ -228,11 +250,15 @@ def stored_meta(path: Path) -> dict[str, Any] | None:
     return meta if isinstance(meta, dict) else None
 
 
-def is_current(job: Job, digest: str) -> bool:
-    """True when the executed notebook exists, was made from these inputs, and every CSV
-    table it links to is there."""
+def is_current(job: Job, common: str, root: Path = ROOT) -> bool:
+    """True when the executed notebook exists, was made from the inputs it has now (its
+    source, parameters, the common digest and the files it read), and every CSV table it
+    links to is there."""
     meta = stored_meta(job.output)
-    if not meta or meta.get("inputs") != digest:
+    if not meta or not isinstance(meta.get("reads", []), list):
+        return False
+    digest = job_digest(job, common, meta.get("reads", []), root)
+    if digest is None or meta.get("inputs") != digest:
         return False
     return all((job.output.parent / t).is_file() for t in meta.get("tables", []))
 
@@ -259,7 +285,7 @@ def table_links(nb: Mapping[str, Any]) -> list[str]:
 
 
 def clean_notebook(nb: dict[str, Any], chapter: str, profile: str, parameters: Mapping[str, Any],
-                   digest: str) -> dict[str, Any]:
+                   digest: str, reads: Sequence[str] = ()) -> dict[str, Any]:
     """Strip what varies between runs; add what the driver needs to skip re-execution."""
     for i, cell in enumerate(nb.get("cells", [])):
         cell["id"] = cell_id(chapter, i)
@@ -278,6 +304,7 @@ def clean_notebook(nb: dict[str, Any], chapter: str, profile: str, parameters: M
             "profile": profile,
             "parameters": dict(parameters),
             "inputs": digest,
+            "reads": list(reads),
             "tables": table_links(nb),
         },
     }
@@ -326,9 +353,19 @@ class Result:
     error: str | None = None
 
 
-def execute(job: Job, digest: str, failed_dir: Path) -> Result:
+def pop_reads(nb: dict[str, Any]) -> list[str]:
+    """Remove the driver's READS_CELL (the last cell) and return the paths it printed."""
+    cell = nb["cells"].pop()
+    if cell.get("source") != READS_CELL:
+        raise InputError("the last cell of an executed page is not the driver's reads cell")
+    text = "".join("".join(o.get("text", "")) for o in cell.get("outputs", []) if o.get("output_type") == "stream")
+    return json.loads(text)
+
+
+def execute(job: Job, common: str, failed_dir: Path, root: Path = ROOT) -> Result:
     """Run one job with papermill and write its cleaned notebook. Runs in a worker process."""
     import jupytext
+    import nbformat
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -338,6 +375,7 @@ def execute(job: Job, digest: str, failed_dir: Path) -> Result:
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
     os.environ["MPLBACKEND"] = "agg"
     source = jupytext.read(job.chapter.path)
+    source.cells.append(nbformat.v4.new_code_cell(READS_CELL))
     scratch = failed_dir / job.profile / job.output.name  # papermill's own copy: kept only if the run fails
     scratch.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -355,7 +393,10 @@ def execute(job: Job, digest: str, failed_dir: Path) -> Result:
                       error=f"{exc.ename}: {exc.evalue} (cell {exc.exec_count}; see {scratch})")
     except Exception as exc:  # kernel died, bad parameters, ...
         return Result(job, time.perf_counter() - start, error=f"{type(exc).__name__}: {exc} (see {scratch})")
-    nb = clean_notebook(dict(nb), job.chapter.name, job.profile, job.parameters, digest)
+    nb = dict(nb)
+    reads = relative_reads(pop_reads(nb), root)
+    digest = job_digest(job, common, reads, root)
+    nb = clean_notebook(nb, job.chapter.name, job.profile, job.parameters, digest, reads)
     text = dumps(nb)
     warnings = stderr_outputs(nb)
     if warnings:
@@ -380,12 +421,13 @@ def _execute_star(args):
     return execute(*args)
 
 
-def run_jobs(jobs: Sequence[tuple[Job, str]], workers: int, failed_dir: Path, log=print) -> list[Result]:
-    """Execute (job, digest) pairs, `workers` at a time, longest-expected first."""
+def run_jobs(jobs: Sequence[Job], common: str, workers: int, failed_dir: Path, root: Path = ROOT,
+             log=print) -> list[Result]:
+    """Execute `jobs`, `workers` at a time."""
     if not jobs:
         return []
     results = []
-    args = [(job, digest, failed_dir) for job, digest in jobs]
+    args = [(job, common, failed_dir, root) for job in jobs]
     import multiprocessing
 
     kernel_log = failed_dir.parent / "kernels.log"
@@ -627,16 +669,15 @@ def _build(force, workers, html, strict, book_dir, params_dir, root, log) -> Sum
     common = common_digest(root)
     todo, summary = [], Summary()
     for job in jobs:
-        digest = job_digest(job, common)
-        if force or not is_current(job, digest):
-            todo.append((job, digest))
+        if force or not is_current(job, common, root):
+            todo.append(job)
         else:
             summary.skipped += 1
     n_hw = sum(c.per == "hardware" for c in chapters)
     log(f"moecalc book: {len(jobs)} pages ({n_hw} per-hardware chapters on {len(profiles)} hardware profiles, "
         f"{len(chapters) - n_hw} once-chapters), {len(todo)} to execute, {summary.skipped} up to date")
     failed_dir = book_dir / BUILD / "failed"
-    summary.executed = run_jobs(todo, workers, failed_dir, log)
+    summary.executed = run_jobs(todo, common, workers, failed_dir, root, log)
     errors = [r for r in summary.executed if r.error]
     if errors:
         raise InputError(f"{len(errors)} page(s) failed: " + "; ".join(f"{r.job.docname}: {r.error}" for r in errors))

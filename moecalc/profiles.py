@@ -19,6 +19,9 @@ from .units import DTYPE_BYTES, GB, GB_PER_S, TFLOPS
 PARAMS_DIR = Path(os.environ.get("MOECALC_PARAMS", Path(__file__).resolve().parent.parent / "params"))
 KINDS = ("hardware", "model", "workload", "policy")
 TINY = 1e-12  # smallest non-zero number a profile may give, in its own unit
+# Every YAML file read_yaml has parsed in this process, resolved. The book driver reads it at
+# the end of each page, so that a page's hash covers the profiles it used and no others.
+FILES_READ: set[Path] = set()
 
 
 # ---------------------------------------------------------------- schema and validation
@@ -142,6 +145,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise InputError(f"{path}: not valid YAML{where}: {problem}") from None
     except (ValueError, RecursionError) as exc:  # e.g. an integer past Python's 4,300-digit limit
         raise InputError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    FILES_READ.add(Path(path).resolve())
     if data is None:
         raise InputError(f"{path}: empty profile")
     if not isinstance(data, dict):

@@ -135,7 +135,7 @@ def _root(tmp_path: Path) -> Path:
     return root
 
 
-def test_common_digest_follows_params_code_and_versions(tmp_path):
+def test_common_digest_follows_code_and_versions_not_params(tmp_path):
     root = _root(tmp_path)
     versions = {"python": "3.11.7", "numpy": "2.0"}
     first = book.common_digest(root, versions)
@@ -144,15 +144,15 @@ def test_common_digest_follows_params_code_and_versions(tmp_path):
     (root / "moecalc" / "__pycache__" / "counts.cpython-311.pyc").write_bytes(b"\0")
     assert book.common_digest(root, versions) == first  # bytecode is not an input
     (root / "params" / "hardware" / "x.yaml").write_text("name: Y\n")
-    changed_params = book.common_digest(root, versions)
-    assert changed_params != first
+    assert book.common_digest(root, versions) == first  # profiles count per page, as read
     (root / "moecalc" / "counts.py").write_text("A = 2\n")
-    assert book.common_digest(root, versions) != changed_params
+    assert book.common_digest(root, versions) != first
     assert book.common_digest(root, {**versions, "numpy": "2.1"}) != book.common_digest(root, versions)
 
 
-def test_job_digest_follows_source_and_parameters(fake):
+def test_job_digest_follows_source_parameters_and_the_files_read(fake):
     book_dir, params = fake
+    root = params.parent
     jobs = book.plan(book.discover_chapters(book_dir), book.hardware_profiles(params), book_dir, params)
     b200, h800 = jobs[1], jobs[2]
     assert book.job_digest(b200, "c") != book.job_digest(h800, "c")  # same source, other parameters
@@ -160,23 +160,56 @@ def test_job_digest_follows_source_and_parameters(fake):
     before = book.job_digest(h800, "c")
     h800.chapter.path.write_text(h800.chapter.path.read_text() + "\nmore prose\n")
     assert book.job_digest(h800, "c") != before
+    reads = ["params/hardware/h800.yaml"]
+    with_reads = book.job_digest(h800, "c", reads, root)
+    assert with_reads not in (None, book.job_digest(h800, "c"))
+    profile(params, "new", "New GPU")  # a profile the page did not read changes nothing
+    assert book.job_digest(h800, "c", reads, root) == with_reads
+    profile(params, "h800", "H800 SXM5", fp8=False)  # one it read does
+    assert book.job_digest(h800, "c", reads, root) != with_reads
+    assert book.job_digest(h800, "c", ["params/hardware/gone.yaml"], root) is None
+
+
+def test_relative_reads_are_sorted_repository_paths(tmp_path):
+    inside, outside = tmp_path / "repo" / "params" / "a.yaml", tmp_path / "elsewhere.yaml"
+    got = book.relative_reads([str(outside), str(inside), str(inside)], tmp_path / "repo")
+    assert got == sorted(["params/a.yaml", outside.resolve().as_posix()])
+
+
+def test_pop_reads_takes_the_driver_cell_off(fake):
+    nb = {"cells": [{"cell_type": "code", "source": "x = 1", "outputs": []},
+                    {"cell_type": "code", "source": book.READS_CELL,
+                     "outputs": [{"output_type": "stream", "name": "stdout", "text": ["[\"/r/params/h.yaml\"]\n"]}]}]}
+    assert book.pop_reads(nb) == ["/r/params/h.yaml"]
+    assert [c["source"] for c in nb["cells"]] == ["x = 1"]
+    with pytest.raises(InputError, match="reads cell"):
+        book.pop_reads(nb)
 
 
 def test_is_current_needs_the_notebook_its_hash_and_its_tables(fake):
     book_dir, params = fake
+    root = params.parent
     job = book.plan(book.discover_chapters(book_dir), ["h800"], book_dir, params)[1]
-    assert not book.is_current(job, "abc")  # nothing executed yet
+    assert not book.is_current(job, "c", root)  # nothing executed yet
     job.output.parent.mkdir(parents=True)
-    nb = {"cells": [], "metadata": {"moecalc": {"inputs": "abc", "tables": ["tables/h800-prefill-x.csv"]}},
+    reads = ["params/hardware/h800.yaml"]
+    nb = {"cells": [], "metadata": {"moecalc": {"inputs": book.job_digest(job, "c", reads, root), "reads": reads,
+                                                "tables": ["tables/h800-prefill-x.csv"]}},
           "nbformat": 4, "nbformat_minor": 5}
     job.output.write_text(json.dumps(nb))
-    assert not book.is_current(job, "abc")  # its CSV is missing
+    assert not book.is_current(job, "c", root)  # its CSV is missing
     (job.output.parent / "tables").mkdir()
     (job.output.parent / "tables" / "h800-prefill-x.csv").write_text("a\n1\n")
-    assert book.is_current(job, "abc")
-    assert not book.is_current(job, "abd")  # inputs changed
+    assert book.is_current(job, "c", root)
+    assert not book.is_current(job, "d", root)  # code or versions changed
+    profile(params, "b200", "B200 again")
+    assert book.is_current(job, "c", root)  # a profile it did not read
+    profile(params, "h800", "H800 renamed")
+    assert not book.is_current(job, "c", root)  # the profile it read
+    (params / "hardware" / "h800.yaml").unlink()
+    assert not book.is_current(job, "c", root)  # ... or gone
     job.output.write_text("{not json")
-    assert not book.is_current(job, "abc")
+    assert not book.is_current(job, "c", root)
 
 
 def test_prune_removes_what_no_job_produces(fake):
@@ -234,7 +267,7 @@ def test_clean_notebook_strips_volatile_metadata_and_sets_stable_ids():
     assert nb["cells"][1]["metadata"] == {"tags": ["parameters"]}
     assert nb["metadata"]["language_info"] == {"name": "python"}
     assert nb["metadata"]["moecalc"] == {"chapter": "decode", "profile": "h800", "parameters": {"hardware": "h800"},
-                                         "inputs": "digest", "tables": ["tables/h800-decode-t.csv"]}
+                                         "inputs": "digest", "reads": [], "tables": ["tables/h800-decode-t.csv"]}
     assert nb["nbformat_minor"] == 5
 
 
@@ -457,3 +490,13 @@ def test_prune_html_removes_pages_of_gone_notebooks(fake):
         "_sources/executed/foo/prefill.ipynb", "executed/foo/prefill.html"]
     assert (html / "executed" / "h800" / "prefill.html").is_file() and (html / "intro.html").is_file()
     assert not (html / "executed" / "foo").exists()
+
+
+def test_read_yaml_records_every_file_it_parses(tmp_path):
+    from moecalc import profiles
+
+    path = tmp_path / "x.yaml"
+    path.write_text("name: X\n")
+    profiles.read_yaml(path)
+    assert path.resolve() in profiles.FILES_READ
+    assert (tmp_path / "never.yaml").resolve() not in profiles.FILES_READ
