@@ -93,3 +93,10 @@ def bandwidth_to_hide(bandwidth: float, comm, compute):
     """The link bandwidth at which communication that takes `comm` seconds at `bandwidth`
     would take exactly `compute` seconds (communication time ∝ 1 / bandwidth)."""
     return bandwidth * np.asarray(comm, dtype=float) / np.asarray(compute, dtype=float)
+
+
+def colocated_request_rate(prefill_tokens_per_s, decode_tokens_per_s, prompt_len, output_len):
+    """Requests per second when the same devices prefill and decode in turn (colocated
+    serving, as vLLM does, first order): each request costs the cluster prompt_len / prefill
+    rate plus output_len / decode rate seconds, so the rate is the inverse of their sum."""
+    return 1.0 / (np.divide(prompt_len, prefill_tokens_per_s) + np.divide(output_len, decode_tokens_per_s))

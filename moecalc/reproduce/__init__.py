@@ -12,6 +12,12 @@ from __future__ import annotations
 from typing import Callable
 
 
+def _seed000() -> list[dict]:
+    from . import seed000
+
+    return seed000.records()
+
+
 def _seed003() -> list[dict]:
     from . import seed003
 
@@ -24,4 +30,4 @@ def _seed002() -> list[dict]:
     return seed002.records()
 
 
-SEEDS: dict[str, Callable[[], list[dict]]] = {"seed-002": _seed002, "seed-003": _seed003}
+SEEDS: dict[str, Callable[[], list[dict]]] = {"seed-000": _seed000, "seed-002": _seed002, "seed-003": _seed003}
