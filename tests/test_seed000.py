@@ -82,6 +82,13 @@ def test_targets_against_the_roofline():
     assert fp8["ttft_s"] < bf16["ttft_s"]
 
 
+def test_serving_refuses_sessions_that_do_not_fit(setup):
+    from moecalc.errors import InputError
+
+    with pytest.raises(InputError, match="does not fit"):
+        seed000.serving(*setup, sessions=4 * 10_000)
+
+
 def test_colocated_rate_is_the_inverse_of_the_cluster_seconds_per_request():
     assert schedule.colocated_request_rate(4000.0, 1000.0, 4000, 500) == pytest.approx(1 / (1.0 + 0.5))
     rates = schedule.colocated_request_rate(np.array([1e3, 1e4, np.inf]), 1e3, 1000, 100)

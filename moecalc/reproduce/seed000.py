@@ -62,13 +62,13 @@ def serving(m: Model, hw: Hardware, wl: Workload, sessions: float = SESSIONS) ->
     dp = LAYOUT["dp"]
     per_rank = sessions / dp
     step = roofline.decode(m, hw, wl, layout(per_rank), wl.avg_kv_len)
+    roofline.check_fits(step, hw, f"{sessions:g} sessions at KV length {wl.avg_kv_len:,}")
     tpot = min(float(step.step_time_no_overlap), float(step.step_time_tbo))  # the better schedule
     decode_rate = sessions / tpot  # output tokens/s (Little's law: sessions in flight / step time)
     prompt = roofline.prefill(m, hw, wl, layout(), wl.prompt_len / LAYOUT["tp"], wl.prompt_len, 0.0)
     prefill_rate = float(prompt.tokens_per_s_per_device) * GPUS
     rate = float(schedule.colocated_request_rate(prefill_rate, decode_rate, wl.prompt_len, wl.output_len))
     return {
-        "sessions": sessions,
         "tpot_s": tpot,
         "tokens_per_s_per_user": 1.0 / tpot,
         "output_tokens_per_s": decode_rate,
@@ -76,9 +76,6 @@ def serving(m: Model, hw: Hardware, wl: Workload, sessions: float = SESSIONS) ->
         "prefill_tokens_per_s": prefill_rate,
         "requests_per_s": rate,
         "system_tokens_per_s": rate * (wl.prompt_len + wl.output_len),
-        "weights_gib": float(step.weight_bytes) / GiB,
-        "kv_gib": float(step.kv_bytes) / GiB,
-        "fits": bool(step.fits),
         "flops_per_output_token": float(step.flops_per_device) * LAYOUT["tp"] / per_rank,
         "flops_per_prompt_token": float(prompt.flops_per_device) * LAYOUT["tp"] / wl.prompt_len,
     }
