@@ -644,6 +644,7 @@ def build(
     workers: int | None = None,
     html: bool = True,
     strict: bool = True,
+    only: Sequence[str] = (),
     book_dir: Path = BOOK_DIR,
     params_dir: Path | None = None,
     root: Path = ROOT,
@@ -652,10 +653,18 @@ def build(
     """Execute what is stale, prune, generate the TOC, build HTML. Raises InputError if a
     notebook fails or (with `strict`) Sphinx warns."""
     with _Lock(book_dir / BUILD / "book.lock", log):
-        return _build(force, workers, html, strict, book_dir, params_dir, root, log)
+        return _build(force, workers, html, strict, only, book_dir, params_dir, root, log)
 
 
-def _build(force, workers, html, strict, book_dir, params_dir, root, log) -> Summary:
+def selected(job: Job, only: Sequence[str]) -> bool:
+    """True when `only` is empty or one of its shell patterns matches the job's
+    ``<profile>/<chapter>`` (``h800/decode``, ``*/serving``, ``common/*``)."""
+    import fnmatch
+
+    return not only or any(fnmatch.fnmatchcase(f"{job.profile}/{job.chapter.name}", pattern) for pattern in only)
+
+
+def _build(force, workers, html, strict, only, book_dir, params_dir, root, log) -> Summary:
     from .profiles import PARAMS_DIR
 
     start = time.perf_counter()
@@ -669,7 +678,9 @@ def _build(force, workers, html, strict, book_dir, params_dir, root, log) -> Sum
     common = common_digest(root)
     todo, summary = [], Summary()
     for job in jobs:
-        if force or not is_current(job, common, root):
+        if not selected(job, only):
+            summary.skipped += 1
+        elif force or not is_current(job, common, root):
             todo.append(job)
         else:
             summary.skipped += 1

@@ -575,7 +575,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def cmd_book(args: argparse.Namespace) -> int:
     from . import book
 
-    book.build(force=args.force, workers=args.jobs, html=not args.no_html, strict=not args.allow_warnings)
+    book.build(force=args.force, workers=args.jobs, html=not args.no_html, strict=not args.allow_warnings,
+               only=args.only or ())
     return 0
 
 
@@ -669,6 +670,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="re-execute every notebook, even if its inputs are unchanged")
     p.add_argument("--jobs", type=positive_int, help="notebooks executed at once (default: 2, or 1 on one core)")
     p.add_argument("--no-html", action="store_true", help="execute only; skip the HTML build")
+    p.add_argument("--only", action="append", metavar="PROFILE/CHAPTER",
+                   help="execute only the pages matching this shell pattern (h800/decode, */prefill, common/*); "
+                        "repeatable; the others are left as they are")
     p.add_argument("--allow-warnings", action="store_true", help="do not fail the HTML build on Sphinx warnings")
     return parser
 
