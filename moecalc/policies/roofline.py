@@ -59,16 +59,20 @@ class Efficiency:
     scale_up: float
     scale_out: float
     kernel_latency: float  # seconds
-    all_reduce_latency: float
+    all_reduce_latency: float  # seconds, two devices
     dispatch_latency: float
     tbo_overhead: float
     comm_sms: int
     mma_tile_rows: int
+    launch_gap: float = 0.0  # seconds between consecutive kernels of a CUDA graph
+    all_reduce_latency_node: float = 0.0  # seconds, a whole scale-up domain (0: as two devices)
+    all_reduce_latency_internode: float = 0.0  # seconds, across two domains (0: as one domain)
     sources: Mapping[str, str] = field(default_factory=dict)
 
 
 # What an optional entry means when a profile leaves it out (see profiles.EFFICIENCY_OPTIONAL).
-_ABSENT = {"comm_sms": 0, "mma_tile_rows": 1}
+_ABSENT = {"comm_sms": 0, "mma_tile_rows": 1, "launch_gap_us": 0.0, "all_reduce_latency_node_us": 0.0,
+           "all_reduce_latency_internode_us": 0.0}
 
 
 def efficiency(hw: Hardware) -> Efficiency:
@@ -98,6 +102,9 @@ def efficiency(hw: Hardware) -> Efficiency:
         tbo_overhead=value("tbo_overhead_us"),
         comm_sms=int(value("comm_sms")),
         mma_tile_rows=int(value("mma_tile_rows")),
+        launch_gap=value("launch_gap_us"),
+        all_reduce_latency_node=value("all_reduce_latency_node_us"),
+        all_reduce_latency_internode=value("all_reduce_latency_internode_us"),
         sources={k: v["source"] for k, v in e.items() if v},
     )
 
@@ -141,10 +148,13 @@ def device(hw: Hardware, wl: Workload | None = None, weight_dtype: str | None = 
     e = efficiency(hw)
     peak = hw.peak(weight_dtype or (wl.weight_dtype if wl is not None else "fp8"))
     bf16 = hw.peak("bf16")
+    # decode attention on an FP8 cache runs FlashMLA's FP8 kernel on FP8 tensor cores
+    # (deepseek-ai/FlashMLA#54), where the GPU has them; a BF16 cache, at the BF16 peak
+    fp8_kv = wl is not None and wl.kv_dtype == "fp8" and "fp8" in hw.peak_flops
     return Device(
         gemm_flops=peak * e.gemm,
         grouped_flops=peak * e.grouped_gemm,
-        attention_flops=bf16 * e.attention,
+        attention_flops=(hw.peak("fp8") if fp8_kv else bf16) * e.attention,
         prefill_attention_flops=bf16 * e.attention_prefill,
         memory_bandwidth=hw.memory_bandwidth * e.memory,
         scale_up_bandwidth=hw.scale_up_bandwidth * e.scale_up,
@@ -226,14 +236,33 @@ def attention_prefill_time(pairs, tokens, kv_tokens, heads, qk_dim: int, v_dim: 
 # ---------------------------------------------------------------- communication
 
 
+def all_reduce_latency(n, dev: Device):
+    """Fixed cost of one small all-reduce over n devices (nccl-tests latencies): the
+    two-device figure, rising with log2(n) to the whole-domain figure, and the cross-domain
+    figure once the group spans scale-up domains (NVLink, then InfiniBand)."""
+    n = np.asarray(n, dtype=float)
+    e = dev.eff
+    two, node = e.all_reduce_latency, e.all_reduce_latency_node or e.all_reduce_latency
+    inter = e.all_reduce_latency_internode or node
+    d = np.maximum(np.asarray(dev.scale_up_domain, dtype=float), 2.0)  # an array under seed 002's two-level switch
+    share = np.clip(np.log2(np.maximum(n, 2.0) / 2.0) / np.maximum(np.log2(d / 2.0), 1e-9), 0.0, 1.0)
+    return np.where(n > d, inter, two + (node - two) * share)
+
+
 def all_reduce_time(tokens, hidden: int, tp, dev: Device, bytes_per_element: float = 2.0):
-    """Ring all-reduce of tokens × hidden across tp devices (0 at tp = 1): each device sends
-    and receives 2 (tp − 1) / tp of the message, inside a scale-up domain over the scale-up
-    link, beyond it over the scale-out link."""
+    """All-reduce of tokens × hidden across tp devices (0 at tp = 1). Inside a scale-up domain
+    a ring: each device sends and receives 2 (tp − 1) / tp of the message over the scale-up
+    link. Across domains NCCL's hierarchical path: reduce-scatter and all-gather inside each
+    domain (scale-up link), and between domains only each device's 1/d share of the message,
+    2 (N − 1) / N of it over its scale-out link (N domains of d devices). Plus the latency
+    floor for the group's size and span (:func:`all_reduce_latency`)."""
     tp = np.asarray(tp, dtype=float)
     message = tokens * hidden * bytes_per_element
-    bw = np.where(tp <= dev.scale_up_domain, dev.scale_up_bandwidth, dev.scale_out_bandwidth)
-    t = 2.0 * (tp - 1.0) / tp * message / bw + dev.eff.all_reduce_latency
+    d = np.minimum(tp, dev.scale_up_domain)
+    nodes = np.maximum(tp / dev.scale_up_domain, 1.0)
+    intra = 2.0 * (d - 1.0) / d * message / dev.scale_up_bandwidth
+    inter = np.where(nodes > 1, 2.0 * (nodes - 1.0) / nodes * message / d / dev.scale_out_bandwidth, 0.0)
+    t = intra + inter + all_reduce_latency(tp, dev)
     return np.where(tp > 1, t, 0.0)
 
 
@@ -267,9 +296,9 @@ def allgather_reducescatter_time(tokens, hidden: int, tp, dp, dispatch_bytes: fl
     dp = np.asarray(dp, dtype=float)
     n = tp * dp
     bw = np.where(n <= dev.scale_up_domain, dev.scale_up_bandwidth, dev.scale_out_bandwidth)
-    gather = (dp - 1.0) * tokens * hidden * dispatch_bytes / bw + dev.eff.all_reduce_latency
-    reduce = ((n - 1.0) / n * dp * tokens + (tp - 1.0) / tp * tokens) * hidden * combine_bytes / bw \
-        + dev.eff.all_reduce_latency
+    floor = all_reduce_latency(n, dev)
+    gather = (dp - 1.0) * tokens * hidden * dispatch_bytes / bw + floor
+    reduce = ((n - 1.0) / n * dp * tokens + (tp - 1.0) / tp * tokens) * hidden * combine_bytes / bw + floor
     return np.where(dp > 1, gather, 0.0), np.where(n > 1, reduce, 0.0)
 
 
@@ -337,6 +366,72 @@ def expected_experts_hit(m: Model, tokens, experts_per_device):
     linearity: each expert is missed by a token with probability 1 − k/E."""
     miss = (1.0 - m.num_experts_per_tok / m.n_routed_experts) ** np.asarray(tokens, dtype=float)
     return experts_per_device * (1.0 - miss)
+
+
+_MAX_PICKS = 160  # tokens picking one group beyond which each of its experts is hit (miss < 1e-4)
+
+
+def _log_binom_pmf(n, p, ks):
+    """log P(K = ks) for K ~ Binomial(n, p), n an array (…, 1), ks a row 0..K (no scipy)."""
+    n = np.asarray(n, dtype=float)
+    i = np.arange(1, ks.size, dtype=float)
+    steps = np.log(np.maximum(n - i + 1.0, 1e-300)) - np.log(i)  # log C(n, k) by running sums
+    log_comb = np.concatenate([np.zeros(steps.shape[:-1] + (1,)), np.cumsum(steps, axis=-1)], axis=-1)
+    with np.errstate(divide="ignore"):
+        out = log_comb + ks * np.log(p) + (n - ks) * np.log1p(-p)
+    return np.where(ks <= n, out, -np.inf)
+
+
+def _busiest_rank_hits(n_experts: int, topk: int, n_group: int, topk_group: int, tokens, ranks: int,
+                       slots: float):
+    """Expected largest number of distinct routed experts any of `ranks` EP ranks holds that
+    `tokens` tokens (an array) hit, under group-limited routing on balanced scores: each token
+    picks topk_group of n_group groups (uniformly) and, in each picked group, each expert with
+    probability (topk / topk_group) / experts-per-group. A rank holds `slots` experts, whole
+    groups or part of one. Given the n tokens that picked a group, its experts on the rank are
+    hit independently; n is Binomial(tokens, topk_group / n_group) per group, groups
+    independent, ranks independent: E[max] = Σ_d (1 − F(d)^ranks)."""
+    tokens = np.asarray(tokens, dtype=float).ravel()  # whole numbers of tokens
+    per_group = n_experts / n_group
+    in_group = max(min(slots, per_group), 1.0)  # the rank's experts in one group
+    groups_here = max(int(round(slots / per_group)), 1) if slots >= per_group else 1
+    s = int(round(in_group))
+    n = np.arange(0, _MAX_PICKS + 1, dtype=float)
+    picks = np.exp(_log_binom_pmf(tokens[:, None], topk_group / n_group, n[None, :]))  # (T, n)
+    picks[:, -1] += np.maximum(1.0 - picks.sum(axis=1), 0.0)  # the tail beyond _MAX_PICKS: every expert hit
+    q = 1.0 - (1.0 - (topk / topk_group) / per_group) ** n  # an expert hit, given n picks of its group
+    d = np.arange(s + 1, dtype=float)
+    hits = np.exp(_log_binom_pmf(np.full((n.size, 1), float(s)), np.clip(q, 1e-300, 1 - 1e-16)[:, None], d[None, :]))
+    hits[0] = np.r_[1.0, np.zeros(s)]  # no pick, no hit
+    hits[-1] = np.r_[np.zeros(s), 1.0]
+    one = picks @ hits  # (T, s + 1): distinct hits in one group's share of the rank
+    dist = one
+    for _ in range(groups_here - 1):  # the rank's other whole groups, independent
+        dist = np.stack([sum(dist[:, i] * one[:, k - i] for i in range(max(0, k - s), min(k, dist.shape[1] - 1) + 1))
+                         for k in range(dist.shape[1] + s)], axis=1)
+    cdf = np.clip(np.cumsum(dist, axis=1), 0.0, 1.0)
+    return np.sum(1.0 - cdf[:, :-1] ** ranks, axis=1)
+
+
+def busiest_rank_experts_hit(m: Model, tokens, ranks, slots):
+    """Vectorized :func:`_busiest_rank_hits` for the model's routing: the distinct routed
+    experts the busiest of `ranks` EP ranks (each holding `slots` expert copies) reads when
+    the EP group routes `tokens` tokens. One matrix product per distinct (ranks, slots) over
+    every token count, so a search over millions of layouts stays fast."""
+    t, r, s = np.broadcast_arrays(np.asarray(tokens, dtype=float), np.asarray(ranks, dtype=float),
+                                  np.asarray(slots, dtype=float))
+    out = np.zeros(t.shape)
+    pairs = np.unique(np.stack([r.ravel(), s.ravel()], axis=1), axis=0)
+    for ranks_, slots_ in pairs:  # a handful of EP sizes, not layouts
+        sel = (r == ranks_) & (s == slots_)
+        ts = t[sel]
+        lo, hi = np.floor(ts), np.ceil(ts)  # whole tokens; a fractional count (half a batch) interpolates
+        uniq, inverse = np.unique(np.concatenate([lo, hi]), return_inverse=True)
+        vals = _busiest_rank_hits(m.n_routed_experts, m.num_experts_per_tok, m.n_group, m.topk_group, uniq,
+                                  int(ranks_), float(slots_))[inverse.ravel()]
+        v_lo, v_hi = vals[:ts.size], vals[ts.size:]
+        out[sel] = v_lo + (ts - lo) * (v_hi - v_lo)
+    return out if out.ndim else float(out)
 
 
 # ---------------------------------------------------------------- layouts
@@ -577,7 +672,8 @@ def _moe(c: _Ctx, tokens, phase: str):
     local = tokens / c.tp  # tokens each device routes (reduce-scatter after TP attention)
     total = tokens * c.dp  # tokens in the whole EP group
     pairs = total * m.num_experts_per_tok / c.ep * c.imbalance  # token-expert pairs on the busiest EP rank
-    hit = np.maximum(expected_experts_hit(m, total, c.slots), 1e-9)
+    # the step waits for the busiest EP rank: the most distinct experts any rank reads
+    hit = np.maximum(busiest_rank_experts_hit(m, total, c.ep, c.slots), 1e-9)
     width = m.moe_intermediate_size / c.moe_tp
     ops = {
         "moe_norm": _norm(c, local, m.hidden_size),
@@ -591,6 +687,9 @@ def _moe(c: _Ctx, tokens, phase: str):
     if kind == "allgather_reducescatter":  # no all-to-all kernel: NCCL collectives over the EP group
         ops["dispatch"], ops["combine"] = allgather_reducescatter_time(tokens, m.hidden_size, c.tp, c.dp,
                                                                        c.dispatch_bytes, c.combine_bytes, c.dev)
+        # the shared expert is split like the attention (TP): every token, 1/tp of its width
+        # (same FLOPs as a replicated expert on tokens / tp, 1/tp of its weights read)
+        ops["shared_expert"] = _mlp(c, tokens, m.hidden_size, m.moe_intermediate_size * m.n_shared_experts / c.tp)
     elif kind == "deepep_low_latency":  # low-latency kernels: one message per expert copy
         ranks = c.ep * c.moe_tp
         # their send and receive halves run on the compute stream (the transfer in between
@@ -661,6 +760,29 @@ KERNELS = {
     "mlp_norm": 1, "dense_mlp": 3, "all_reduce_mlp": 1,
 }
 _NO_KERNEL_OF_ITS_OWN = {"deepep_low_latency": ("dispatch", "combine")}
+# Small kernels a serving engine launches around those, each paying a kernel floor: counted in
+# DeepSeek-V3's decode layer as SGLang runs it (per-kernel trace of DeepSeek's H800 decode
+# profile with its SGLang/B200 counterpart, zdszero.github.io 'deepseek_profile', D4 table):
+# the q_a / kv_a RMSNorm (rmsnorm_split_col), the FP8 quantization before q_b and before
+# o_proj (per_token_group_quant_fp8), three more rotary kernels (elementwise, unrolled and
+# index elementwise), the copy before o_proj, the router's split-K reduce and score
+# distribution, the up/gate output copy (vectorized_elementwise) and the quantization under
+# the combine. 21 priced + 11 here = 32 kernels per MoE layer.
+EXTRA_KERNELS = {"attn_norm": 1, "q_b_proj": 1, "rope_cache": 3, "o_proj": 2, "gate": 2, "routed_experts": 1,
+                 "shared_expert": 1}
+
+
+def _graph_overheads(ops: Mapping[str, object], c: "_Ctx", skip=()) -> dict:
+    """Each op plus what its kernels cost beyond their own time: the small kernels it also
+    launches (:data:`EXTRA_KERNELS`, a kernel floor each) and the launch gap before every
+    kernel inside a CUDA graph (``launch_gap_us``)."""
+    e = c.dev.eff
+    out = {}
+    for k, v in ops.items():
+        runs = np.asarray(v) > 0
+        n = KERNELS.get(k, 1) * (k not in skip) + EXTRA_KERNELS.get(k, 0)
+        out[k] = v + runs * (EXTRA_KERNELS.get(k, 0) * e.kernel_latency + n * e.launch_gap)
+    return out
 
 
 def kernels(ops: Mapping[str, object], c: "_Ctx | None" = None):
@@ -757,16 +879,23 @@ def decode(
     graph = c.fw.in_graph(batch, c.tp)
     skip = _NO_KERNEL_OF_ITS_OWN.get(c.fw.a2a_decode, ())
 
+    def layer(seqs, q_per_seq):
+        tokens = seqs * q_per_seq
+        attn = _attention_decode(c, tokens, seqs, q_per_seq, kv)
+        dense = _graph_overheads({**attn, **_dense(c, tokens)}, c, skip)
+        moe = _graph_overheads({**attn, **_moe(c, tokens, "decode")}, c, skip)
+        return _eager(dense, graph, c.fw.eager_launch, skip), _eager(moe, graph, c.fw.eager_launch, skip)
+
     def step(seqs):
         """(dense layer ops, MoE layer ops, head) for `seqs` sequences per attention DP rank."""
-        tokens = seqs * per_seq
-        attn = _attention_decode(c, tokens, seqs, per_seq, kv)
-        dense = {**attn, **_dense(c, tokens)}
-        moe = {**attn, **_moe(c, tokens, "decode")}
-        head = _head(c, tokens)
-        if mtp:  # the MTP module: hidden and embedding concatenated, projected, one MoE layer
-            head = head + _total(moe) + _gemm(c, tokens, 2 * m.hidden_size, m.hidden_size)
-        dense, moe = _eager(dense, graph, c.fw.eager_launch, skip), _eager(moe, graph, c.fw.eager_launch, skip)
+        dense, moe = layer(seqs, per_seq)
+        head = _head(c, seqs * per_seq)
+        if mtp:  # the MTP module drafts each token: embedding and hidden state concatenated and
+            # projected, one MoE layer, and its own pass through the (shared) LM head, on one
+            # token per sequence, once per draft token (DeepSeek-V3 report §2.2)
+            _, draft = layer(seqs, 1.0)
+            head = head + mtp_draft * (_total(draft) + _gemm(c, seqs, 2 * m.hidden_size, m.hidden_size)
+                                       + _head(c, seqs))
         return dense, moe, head
 
     nd, nm = m.n_dense_layers, m.n_moe_layers
@@ -913,8 +1042,8 @@ def prefill(
         tokens = tokens_dev * cc.tp  # tokens of the attention DP rank
         seqs = tokens / q
         attn = _attention_prefill(cc, tokens, seqs, q, L)
-        dense = {**attn, **_dense(cc, tokens)}
-        moe = {**attn, **_moe(cc, tokens, "prefill")}
+        dense = _graph_overheads({**attn, **_dense(cc, tokens)}, cc)
+        moe = _graph_overheads({**attn, **_moe(cc, tokens, "prefill")}, cc)
         return dense, moe, _head(cc, seqs)  # the LM head runs on each prompt's last token
 
     nd, nm = m.n_dense_layers, m.n_moe_layers
