@@ -481,13 +481,16 @@ def check_layout(m: Model, layout: Layout, redundant_experts: int = 0) -> None:
 # ---------------------------------------------------------------- memory
 
 
-def weight_bytes_per_device(m: Model, wl: Workload, layout: Layout, redundant_experts: int = 0, mtp: bool = False):
+def weight_bytes_per_device(m: Model, wl: Workload, layout: Layout, redundant_experts: int = 0, mtp: bool = False,
+                            shared_split: bool = False):
     """Weights one device holds. The FP8 checkpoint quantizes the attention, dense-MLP and
     expert matrices (`weight_dtype`); embedding, LM head, router and norms stay in the
     activation dtype. MLA down-projections are replicated, the rest split by TP; dense MLPs
     split by TP; routed experts ((E + redundant) / ep copies per EP rank) split by MoE-TP;
     shared experts and router replicated; the embedding replicated, the LM head split by TP.
-    With MTP, one more MoE layer and its 2·hidden → hidden projection."""
+    With MTP, one more MoE layer and its 2·hidden → hidden projection. `shared_split`: the
+    shared experts split by TP too (frameworks that all-reduce the MoE instead of an
+    all-to-all kernel)."""
     wb, ab = dtype_bytes(wl.weight_dtype), dtype_bytes(wl.activation_dtype)
     tp = np.asarray(layout.tp, dtype=float)
     shapes = counts.mla_weight_shapes(m, "plain")
@@ -495,7 +498,8 @@ def weight_bytes_per_device(m: Model, wl: Workload, layout: Layout, redundant_ex
     split = sum(i * o for k, (i, o) in shapes.items() if k not in ("wq_a", "wkv_a"))
     mla_layer = replicated + split / tp
     experts_here = (m.n_routed_experts + redundant_experts) / np.asarray(layout.ep, dtype=float)
-    moe_layer = (experts_here / np.asarray(layout.moe_tp, dtype=float) + m.n_shared_experts) * counts.expert_params(m)
+    shared = m.n_shared_experts / (tp if shared_split else 1.0)
+    moe_layer = (experts_here / np.asarray(layout.moe_tp, dtype=float) + shared) * counts.expert_params(m)
     extra = m.num_nextn_predict_layers if mtp else 0
     quantized = ((m.num_hidden_layers + extra) * mla_layer + m.n_dense_layers * counts.dense_mlp_params(m) / tp
                  + (m.n_moe_layers + extra) * moe_layer + extra * 2 * m.hidden_size * m.hidden_size)
@@ -531,8 +535,9 @@ def max_batch(m: Model, hw: Hardware, wl: Workload, layout: Layout, kv_len, redu
     ``max_batch / tp`` of them. `kv_bytes_per_token` (all layers, MTP's included if any)
     overrides the workload's KV dtype, e.g. for an FP8 cache with its scales
     (:func:`moecalc.counts.kv_format_bytes_per_token`). Arrays broadcast over layouts."""
-    weights = weight_bytes_per_device(m, wl, layout, redundant_experts, mtp)
-    usable = usable_memory(hw, framework, weights)
+    fw = load_framework(framework)
+    weights = weight_bytes_per_device(m, wl, layout, redundant_experts, mtp, fw.a2a_decode == "allgather_reducescatter")
+    usable = usable_memory(hw, fw, weights)
     if memory_cap is not None:
         usable = np.minimum(usable, float(memory_cap))
     free = usable - weights
@@ -907,13 +912,15 @@ def decode(
                 + 2.0 * h2)
     # the host's work per step (scheduling, output processing) beside or after the GPU's
     serial, tbo_time = c.fw.step_time(serial), c.fw.step_time(tbo_time)
+    _check_time(serial, hw, c.fw)
+    _check_time(tbo_time, hw, c.fw)
 
     # FLOPs the step needs per device (for MFU): absorbed MLA, wkv_a on the new tokens only.
     tokens = batch * per_seq
     mla = counts.mla_flops(m, tokens, kv, 1.0, "absorbed") + 2.0 * tokens * m.hidden_size * m.kv_cache_dim
     moe_ffn = counts.expert_flops(m, tokens * (m.num_experts_per_tok + m.n_shared_experts))
     flops = (nm * (mla + moe_ffn) + nd * (mla + counts.dense_mlp_flops(m, tokens)) + counts.lm_head_flops(m, tokens)) / c.tp
-    weights = weight_bytes_per_device(m, wl, layout, redundant_experts, mtp)
+    weights = weight_bytes_per_device(m, wl, layout, redundant_experts, mtp, c.fw.a2a_decode == "allgather_reducescatter")
     return DecodeStep(
         dense_layer=dense,
         moe_layer=moe,
@@ -934,6 +941,15 @@ def decode(
         framework=f"{c.fw.name} {c.fw.version}",
         in_graph=graph,
     )
+
+
+def _check_time(t, hw: Hardware, fw: Framework) -> None:
+    """One error when the profiles make a step take no time or an infinite one."""
+    t = np.asarray(t, dtype=float)
+    if not np.all(np.isfinite(t)) or np.any(t <= 0):
+        raise InputError(f"{hw.path} with {fw.path}: the profiles give a step time of "
+                         f"{float(t.flat[int(np.argmin(np.where(np.isfinite(t), t, -1)))]):g} s; check their "
+                         "efficiencies, floors and overheads")
 
 
 def tokens_per_s_per_device(step: DecodeStep, layout: Layout):
@@ -1067,7 +1083,8 @@ def prefill(
     moe_ffn = counts.expert_flops(m, tokens * (m.num_experts_per_tok + m.n_shared_experts))
     flops = (nm * (mla + moe_ffn) + nd * (mla + counts.dense_mlp_flops(m, tokens)) + counts.lm_head_flops(m, seqs)) / c.tp
     kv = kv_bytes_per_device(m, wl, seqs, L)
-    weights = weight_bytes_per_device(m, wl, layout, redundant_experts)
+    weights = weight_bytes_per_device(m, wl, layout, redundant_experts,
+                                      shared_split=c.fw.a2a_prefill == "allgather_reducescatter")
     return PrefillPass(
         dense_layer=dense,
         moe_layer=moe,
