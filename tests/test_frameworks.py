@@ -262,7 +262,7 @@ def test_mtp_drafts_with_its_own_head_per_draft_token(m, wl):
     no = rl.decode(m, hw, wl, lay, 2048)
     d1 = rl.decode(m, hw, wl, lay, 2048, 1.7, 1)
     d2 = rl.decode(m, hw, wl, lay, 2048, 2.4, 2)
-        assert float(d1.head) > 2 * float(no.head)  # the target head on 2 tokens plus the draft's head and layer
+    assert float(d1.head) > 2 * float(no.head)  # the target head on 2 tokens plus the draft's head and layer
     target1 = float(rl._head(rl._context(m, hw, wl, lay, 1.0, 0), 32))
     target2 = float(rl._head(rl._context(m, hw, wl, lay, 1.0, 0), 48))
     assert float(d2.head) - target2 == pytest.approx(2 * (float(d1.head) - target1), rel=1e-9)
