@@ -113,10 +113,11 @@ def test_vectorized_equals_scalar_on_a_sample(model, sg2260e, seed002_workload, 
     for _ in range(25):
         t, u, b = (int(rng.integers(n)) for n in r.reason.shape)
         row = r.valid[u]
+        got = r.layout(t, u, b)  # its batch is per rank, whatever the policy's default batch meaning
+        assert got["batch"] == int(s.batch[b]) * (int(s.tp[row]) if s.batch_per == "device" else 1)
         layout = roofline.Layout(int(s.tp[row]), int(s.dp[row]), int(s.moe_tp[row]), int(s.ep[row]),
-                                 int(s.batch[b]), s.tbo[t])
+                                 got["batch"], s.tbo[t])
         step = decode(model, sg2260e, seed002_workload, layout, seed002_workload.avg_kv_len)
-        got = r.layout(t, u, b)
         assert got["tokens_per_s_per_user"] == pytest.approx(float(step.tokens_per_s_per_user), rel=1e-9)
         assert got["tokens_per_s_per_device"] == pytest.approx(
             float(roofline.tokens_per_s_per_device(step, layout)), rel=1e-9)
