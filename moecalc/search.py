@@ -341,14 +341,16 @@ def search(
     tbo: Sequence[bool] = (False, True),
     batch_per: str | None = None,
     kv_len: int | None = None,
+    decode: Callable[..., roofline.DecodeStep] | None = None,
 ) -> Result:
     """Evaluate every layout of `m` on each device count with one call of the policy.
 
     `batch_per` defaults to the policy's (:func:`default_batch_per`). SLO and memory cap
     default to the workload's; the memory limit is the smaller of the cap
     and the capacity the policy allows weights and KV cache. `kv_len` defaults to the
-    workload's average KV length."""
-    decode = policies().get(policy)
+    workload's average KV length. `decode` replaces the named policy's function (same
+    signature), e.g. seed002.decode under another reading of the seed."""
+    decode = decode or policies().get(policy)
     if decode is None:
         raise InputError(f"unknown policy {policy!r} (known: {', '.join(policies())})")
     batch_per = default_batch_per(policy) if batch_per is None else batch_per
