@@ -211,7 +211,7 @@ def _section_3(r: _Records, m: Model, hw: Hardware, wl: Workload) -> None:
               erratum="as §3.1: its §4 table gives 103 for this layout." if k == 1 else None)
         if delta:
             r.add(table, f"MOE_TP {k}", "vs MOE_TP 1", delta, (tps[k] / tps[1] - 1) * 100, "%",
-                  erratum=f"{printed} / 108 − 1, against its 108; against its §4's 103 it is "
+                  erratum=f"{delta} is {printed} / 108 − 1; against its §4's 103 it is "
                           f"{float(printed) / 103 - 1:+.1%}.")
     # MLA-TP at batch 10.
     table = "§3.2 策略3 MLA_TP"
@@ -283,11 +283,13 @@ def _section_5(r: _Records, m: Model, hw: Hardware, wl: Workload) -> None:
                   "TP8 a chip reads the cache of 8 sequences per added one instead of 4, which doubles only the "
                   "cache's part of those 4.3-4.7 ms. Every reading here that keeps TP4 B11 below 10 tokens/s "
                   "per user, as the seed's 10.3 and 9.4 imply, keeps TP8 B8 below 10 too")
-    r.add(table, "满足TPS per Batch ≥ 10", "", "8", feasible_slo, "layouts", count_note)
+    r.add(table, "满足TPS per Batch ≥ 10", "", "8", feasible_slo, "layouts", count_note, exact=True)
     r.add(table, "满足DRAM ≤ 60 GB", "", "8", res.feasible, "layouts",
-          "every one of the 15 layouts needs under 60 GB per chip in moecalc too; as above for the count")
+          "every one of the 15 layouts needs under 60 GB per chip in moecalc too; as above for the count",
+          exact=True)
     r.add(table, "被过滤的配置", "", "7", rej["below the SLO"] + rej["out of memory"], "layouts",
-          "'主要是Batch ≥ 12 的配置': batch 12 and 16 at three TPs are 6 layouts, and TP8 B10 (8.4) the seventh")
+          "'主要是Batch ≥ 12 的配置': batch 12 and 16 at three TPs are 6 layouts, and TP8 B10 (8.4) the seventh",
+          exact=True)
     best = res.ranked(1)
     chosen = res.layout(*best[0]) if best else {}
     note = (f"moecalc's best in the seed's own 15-layout space (seed002 policy) is TP{chosen.get('tp')} at batch "
@@ -331,8 +333,16 @@ def _section_5_top(r: _Records, m: Model, hw: Hardware, wl: Workload) -> None:
             own = 6 * 11.6 if rank == 4 else float(tpsc)  # rank 4's 89 is itself an erratum (6 × 11.6)
             r.add(table, row, "vs Rank 1", delta, (got["tps_chip"] / ref - 1) * 100, "%",
                   "TPS per chip against rank 1's",
-                  erratum=f"{tpsc} / 108 − 1, against its 108; with its §4's 103"
+                  erratum=f"{delta} is {tpsc} / 108 − 1; with its §4's 103"
                           + (" and 6 × 11.6 = 69.6" if rank == 4 else "") + f" it is {own / 103 - 1:+.1%}.")
+
+
+def block_step_ms(m: Model, us: dict[str, float]) -> float:
+    """One decode step (ms) from seed 002's §6 block times (µs): the attention blocks in every
+    layer, Dense_MLP in the dense layers, MoE in the MoE layers, embedding and LM head once."""
+    attention = us["MM_QKV"] + us["MLA"] + us["Attention_FC"]
+    return (m.num_hidden_layers * attention + m.n_dense_layers * us["Dense_MLP"] + m.n_moe_layers * us["MoE"]
+            + us["Embedding"] + us["LM_Head"]) / 1000
 
 
 def _section_6(r: _Records, m: Model, hw: Hardware, wl: Workload) -> None:
@@ -349,10 +359,13 @@ def _section_6(r: _Records, m: Model, hw: Hardware, wl: Workload) -> None:
         "MoE": "two routed experts and the shared expert read per chip, dispatch and combine at 16 GB/s",
         "LM_Head": "once per step (in moecalc BF16 weights, vocab split by TP)",
     }
+    step_ms = block_step_ms(m, {k: float(v[0]) for k, v in printed.items()})
     for name, (us, pct) in printed.items():
         r.add(table, name, "Time(μs)", us, blocks[name], "µs", notes.get(name, ""),
               erratum=("the LM head runs once per step, not per layer: 1,326 µs is 1.4 % of its 97.1 ms step, "
-                       "not 39.8 %." if name == "LM_Head" else None))
+                       f"not 39.8 %. Its blocks, the attention ones in all {m.num_hidden_layers} layers, Dense_MLP "
+                       f"in {m.n_dense_layers}, MoE in {m.n_moe_layers}, embedding and head once, add to "
+                       f"{step_ms:.1f} ms per step, not the 97.1 ms TPOT of its §5." if name == "LM_Head" else None))
         r.add(table, name, "占比(%)", pct, blocks[name] / total * 100, "%",
               "share of the seven blocks' sum, each counted once, as the seed does",
               erratum=("its shares add to 101.2 % and imply a total of 3,332 µs, while its blocks add to "
