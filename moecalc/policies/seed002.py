@@ -151,6 +151,6 @@ def blocks(
         "MLA": pick(moe, ("attention",)),
         "Attention_FC": pick(moe, ("o_absorb", "o_proj", "all_reduce")),
         "Dense_MLP": pick(dense, ("mlp_norm", "dense_mlp", "all_reduce_mlp")),
-        "MoE": pick(moe, ("moe_norm", "gate", "shared_expert", "routed_experts", "dispatch", "combine")),
+        "MoE": pick(moe, ("moe_norm", "gate", "shared_expert", "routed_experts", "a2a_kernels", "dispatch", "combine")),
         "LM_Head": step.head,
     }
