@@ -67,12 +67,15 @@ class Efficiency:
     launch_gap: float = 0.0  # seconds between consecutive kernels of a CUDA graph
     all_reduce_latency_node: float = 0.0  # seconds, a whole scale-up domain (0: as two devices)
     all_reduce_latency_internode: float = 0.0  # seconds, across two domains (0: as one domain)
+    compute_memory_overlap: float = 1.0  # 1: a kernel takes max(compute, memory); 0: their sum
     sources: Mapping[str, str] = field(default_factory=dict)
 
 
 # What an optional entry means when a profile leaves it out (see profiles.EFFICIENCY_OPTIONAL).
+# `compute_memory_overlap` is no hardware-profile field but a policy's opinion: the roofline's
+# is 1 (a kernel takes the longer of its compute and memory time); seed002 passes 0 (added).
 _ABSENT = {"comm_sms": 0, "mma_tile_rows": 1, "launch_gap_us": 0.0, "all_reduce_latency_node_us": 0.0,
-           "all_reduce_latency_internode_us": 0.0}
+           "all_reduce_latency_internode_us": 0.0, "compute_memory_overlap": 1.0}
 
 
 def efficiency(hw: Hardware) -> Efficiency:
@@ -105,6 +108,7 @@ def efficiency(hw: Hardware) -> Efficiency:
         launch_gap=value("launch_gap_us"),
         all_reduce_latency_node=value("all_reduce_latency_node_us"),
         all_reduce_latency_internode=value("all_reduce_latency_internode_us"),
+        compute_memory_overlap=value("compute_memory_overlap"),
         sources={k: v["source"] for k, v in e.items() if v},
     )
 
@@ -184,10 +188,14 @@ def gemm_input_bytes(weight_dtype: str, activation_dtype: str) -> float:
 
 
 def op_time(flops, nbytes, flop_rate: float, dev: Device, write_bytes=0.0):
-    """Roofline time of one kernel: compute- or memory-bound, plus its floor. `write_bytes`
+    """Roofline time of one kernel: compute- or memory-bound, plus its floor (with a policy's
+    ``compute_memory_overlap`` below 1, that share of the shorter time is not hidden). `write_bytes`
     are written after the main loop (a GEMM's output tile leaves once its sum is done), so
     they add to the time instead of overlapping it."""
-    t = np.maximum(np.divide(flops, flop_rate), np.divide(nbytes, dev.memory_bandwidth))
+    compute, memory = np.divide(flops, flop_rate), np.divide(nbytes, dev.memory_bandwidth)
+    t = np.maximum(compute, memory)
+    if dev.eff.compute_memory_overlap < 1.0:  # the part of the shorter one not hidden adds (DS_TPU §7.3's form)
+        t = t + (1.0 - dev.eff.compute_memory_overlap) * np.minimum(compute, memory)
     if np.ndim(write_bytes) or write_bytes:
         w = np.divide(write_bytes, dev.memory_bandwidth)
         t = np.add(t, w, out=t) if isinstance(t, np.ndarray) and t.shape == np.shape(w) else t + w
@@ -608,6 +616,7 @@ class _Ctx:
     imbalance: object
     slots: object  # routed expert copies per EP rank
     fw: Framework
+    overheads: bool = True  # serving's small kernels, launch gaps and the busiest EP rank (off: a seed's accounting)
 
 
 def _gemm(c: _Ctx, rows, n_in, n_out, flop_rate=None, groups=1.0, w_bytes=None):
@@ -678,7 +687,8 @@ def _moe(c: _Ctx, tokens, phase: str):
     total = tokens * c.dp  # tokens in the whole EP group
     pairs = total * m.num_experts_per_tok / c.ep * c.imbalance  # token-expert pairs on the busiest EP rank
     # the step waits for the busiest EP rank: the most distinct experts any rank reads
-    hit = np.maximum(busiest_rank_experts_hit(m, total, c.ep, c.slots), 1e-9)
+    hit = busiest_rank_experts_hit(m, total, c.ep, c.slots) if c.overheads else expected_experts_hit(m, total, c.slots)
+    hit = np.maximum(hit, 1e-9)
     width = m.moe_intermediate_size / c.moe_tp
     ops = {
         "moe_norm": _norm(c, local, m.hidden_size),
@@ -734,7 +744,7 @@ def _head(c: _Ctx, tokens):
 
 
 def _context(m: Model, hw: Hardware, wl: Workload, layout: Layout, expert_imbalance, redundant_experts: int,
-             framework: Framework | str | None = None) -> _Ctx:
+             framework: Framework | str | None = None, overheads: bool = True) -> _Ctx:
     if np.any(np.asarray(expert_imbalance) < 1.0):
         raise InputError(f"expert imbalance is max/mean load per EP rank, so ≥ 1; got {expert_imbalance}")
     if redundant_experts < 0:
@@ -747,7 +757,7 @@ def _context(m: Model, hw: Hardware, wl: Workload, layout: Layout, expert_imbala
         dispatch_bytes=wire_bytes(wl.dispatch_dtype), combine_bytes=wire_bytes(wl.combine_dtype),
         tp=np.asarray(layout.tp, dtype=float), dp=np.asarray(layout.dp, dtype=float),
         moe_tp=np.asarray(layout.moe_tp, dtype=float), ep=ep, imbalance=np.asarray(expert_imbalance, dtype=float),
-        slots=(m.n_routed_experts + redundant_experts) / ep, fw=load_framework(framework),
+        slots=(m.n_routed_experts + redundant_experts) / ep, fw=load_framework(framework), overheads=overheads,
     )
 
 
@@ -782,6 +792,8 @@ def _graph_overheads(ops: Mapping[str, object], c: "_Ctx", skip=()) -> dict:
     launches (:data:`EXTRA_KERNELS`, a kernel floor each) and the launch gap before every
     kernel inside a CUDA graph (``launch_gap_us``)."""
     e = c.dev.eff
+    if not c.overheads:
+        return dict(ops)
     out = {}
     for k, v in ops.items():
         runs = np.asarray(v) > 0
@@ -859,6 +871,7 @@ def decode(
     expert_imbalance=1.0,
     redundant_experts: int = 0,
     framework: Framework | str | None = None,
+    overheads: bool = True,
 ) -> DecodeStep:
     """One decode step of `layout.batch` sequences per attention DP rank at KV length kv_len.
 
@@ -869,14 +882,16 @@ def decode(
     (EPLB), held (E + redundant) / ep per EP rank. ``framework`` (a profile name, path or
     :class:`~moecalc.frameworks.Framework`; default SGLang) sets the memory rule, the CUDA
     graph limit above which the host launches every kernel, the host time per step and the
-    MoE all-to-all."""
+    MoE all-to-all. ``overheads=False`` drops what serving adds around the priced kernels
+    (small kernels, launch gaps) and reads the mean EP rank's experts instead of the
+    busiest's: a seed's own accounting."""
     if not mtp_accept >= 1.0 or not math.isfinite(mtp_accept):
         raise InputError(f"MTP acceptance is accepted tokens per step, ≥ 1; got {mtp_accept}")
     mtp = mtp_accept > 1.0
     per_seq = 1.0 + mtp_draft if mtp else 1.0
     if mtp_accept > per_seq:
         raise InputError(f"MTP acceptance {mtp_accept:g} exceeds the {per_seq:g} tokens a step verifies")
-    c = _context(m, hw, wl, layout, expert_imbalance, redundant_experts, framework)
+    c = _context(m, hw, wl, layout, expert_imbalance, redundant_experts, framework, overheads)
     batch = np.asarray(layout.batch, dtype=float)
     tbo = np.asarray(layout.tbo, dtype=bool)
     kv = np.asarray(kv_len, dtype=float)
