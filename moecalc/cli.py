@@ -15,6 +15,8 @@ from .errors import InputError
 MS = 1e3  # seconds → milliseconds, for printing
 MAX_COUNT = 2**53  # largest integer count a float holds exactly
 GB = 1e9
+# weight dtypes the routed experts may take (block-scaled 4-bit formats included; see units.DTYPE_BYTES)
+EXPERT_DTYPES = ["bf16", "fp8", "nvfp4", "mxfp4"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -168,7 +170,7 @@ def cmd_prefill(args: argparse.Namespace) -> int:
     if args.policy == "roofline":
         return _prefill_roofline(args)
     _only_roofline(args, ("dp", "moe_tp", "ep", "tbo", "tokens_per_gpu", "kv_cache_hit_rate", "dtype",
-                          "expert_imbalance", "redundant_experts"))
+                          "expert_dtype", "expert_imbalance", "redundant_experts"))
     return _prefill_seed003(args)
 
 
@@ -217,7 +219,8 @@ def _prefill_seed003(args: argparse.Namespace) -> int:
 def cmd_decode(args: argparse.Namespace) -> int:
     if args.policy == "roofline":
         return _decode_roofline(args)
-    _only_roofline(args, ("dp", "moe_tp", "tbo", "dtype", "mtp_accept", "expert_imbalance", "redundant_experts"))
+    _only_roofline(args, ("dp", "moe_tp", "tbo", "dtype", "expert_dtype", "mtp_accept", "expert_imbalance",
+                          "redundant_experts"))
     return _decode_seed003(args)
 
 
@@ -303,10 +306,11 @@ def _layout(args: argparse.Namespace, m, batch: int, redundant: int):
     return layout
 
 
-def _with_kv_dtype(wl, dtype: str | None):
+def _with_kv_dtype(wl, dtype: str | None, expert_dtype: str | None = None):
     from dataclasses import replace
 
-    return wl if dtype is None else replace(wl, kv_dtype=dtype)
+    wl = wl if dtype is None else replace(wl, kv_dtype=dtype)
+    return wl if expert_dtype is None else replace(wl, expert_weight_dtype=expert_dtype)
 
 
 def _layout_json(layout) -> dict[str, Any]:
@@ -323,7 +327,7 @@ def _decode_roofline(args: argparse.Namespace) -> int:
     from .policies import roofline
 
     m, hw, wl = _load(args, "model", "hardware", "workload")
-    wl = _with_kv_dtype(wl, args.dtype)
+    wl = _with_kv_dtype(wl, args.dtype, args.expert_dtype)
     redundant = args.redundant_experts or 0
     imbalance = args.expert_imbalance or 1.0
     layout = _layout(args, m, args.batch, redundant)
@@ -342,6 +346,7 @@ def _decode_roofline(args: argparse.Namespace) -> int:
         "kv_len": args.kv_len,
         "kv_dtype": wl.kv_dtype,
         "weight_dtype": wl.weight_dtype,
+        "expert_weight_dtype": wl.expert_dtype,
         "mtp_accept": accept,
         "expert_imbalance": imbalance,
         "redundant_experts": redundant,
@@ -400,7 +405,7 @@ def _prefill_roofline(args: argparse.Namespace) -> int:
     if args.tokens_per_gpu is None:
         raise InputError("--tokens-per-gpu is required with --policy roofline (new prompt tokens per GPU per forward)")
     m, hw, wl = _load(args, "model", "hardware", "workload")
-    wl = _with_kv_dtype(wl, args.dtype)
+    wl = _with_kv_dtype(wl, args.dtype, args.expert_dtype)
     redundant = args.redundant_experts or 0
     imbalance = args.expert_imbalance or 1.0
     layout = _layout(args, m, 1, redundant)
@@ -421,6 +426,8 @@ def _prefill_roofline(args: argparse.Namespace) -> int:
         "tokens_per_gpu": args.tokens_per_gpu,
         "prompt_len": prompt,
         "kv_cache_hit_rate": hit,
+        "weight_dtype": wl.weight_dtype,
+        "expert_weight_dtype": wl.expert_dtype,
         "expert_imbalance": imbalance,
         "redundant_experts": redundant,
         "time_ms": float(p.time) * MS,
@@ -502,6 +509,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from . import report, search
 
     m, hw, wl = _load(args, "model", "hardware", "workload")
+    wl = _with_kv_dtype(wl, None, args.expert_dtype)
     tbo = {"both": (False, True), "on": (True,), "off": (False,)}[args.tbo]
     result = search.search(
         m, hw, wl, args.devices, search.parse_batches(args.batch), policy=args.policy,
@@ -603,12 +611,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--policy", default="roofline", choices=["roofline", "seed003"],
                        help="timing policy (default roofline; seed003 reproduces seed 003)")
 
+    def expert_dtype(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--expert-dtype", choices=EXPERT_DTYPES,
+                       help="routed experts' weight dtype, e.g. nvfp4 with fp8 attention (roofline; default: the "
+                            "workload's expert_weight_dtype, else its weight_dtype)")
+
     def roofline_options(p: argparse.ArgumentParser) -> None:
         """The layout and deployment options prefill and decode share under the roofline policy."""
         p.add_argument("--dp", type=positive_int, help="attention data-parallel size (roofline; default: devices / tp)")
         p.add_argument("--moe-tp", type=positive_int, help="MoE tensor-parallel size (roofline; default 1)")
         p.add_argument("--tbo", action="store_true", default=None, help="two-batch overlap (roofline)")
         p.add_argument("--dtype", choices=["fp8", "bf16"], help="KV-cache dtype (roofline; default: the workload's)")
+        expert_dtype(p)
         p.add_argument("--expert-imbalance", type=_at_least_one,
                        help="max/mean routed-expert load per EP rank (roofline; default 1 = perfect balance)")
         p.add_argument("--redundant-experts", type=_non_negative_int,
@@ -656,6 +670,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--moe-tp", type=positive_int_list, help="only these MoE TP sizes")
     p.add_argument("--tbo", default="both", choices=["both", "on", "off"], help="two-batch overlap (default: both)")
     p.add_argument("--kv-len", type=positive_int, help="KV length per sequence (default: the workload's average)")
+    expert_dtype(p)
 
     command("validate", cmd_validate, "the roofline policy against every published system-level figure")
     command("calibrate", cmd_calibrate, "the roofline op functions against every published kernel figure")

@@ -120,6 +120,11 @@ class Device:
     scale_up_domain: int
     compute_units: int
     eff: Efficiency
+    expert_flops: float | None = None  # routed-expert grouped GEMMs at the expert dtype's peak; None: grouped_flops
+
+    @property
+    def routed_flops(self) -> float:
+        return self.grouped_flops if self.expert_flops is None else self.expert_flops
 
     def slowed(self, share: float) -> "Device":
         """The device with only `share` of its SMs computing (the rest run communication)."""
@@ -134,15 +139,19 @@ class Device:
             scale_up_domain=self.scale_up_domain,
             compute_units=self.compute_units,
             eff=self.eff,
+            expert_flops=None if self.expert_flops is None else self.expert_flops * share,
         )
 
 
 def device(hw: Hardware, wl: Workload | None = None, weight_dtype: str | None = None) -> Device:
-    """`hw` after its efficiencies, computing GEMMs at the peak of the weight dtype."""
+    """`hw` after its efficiencies, computing GEMMs at the peak of the weight dtype (routed
+    experts at the peak of the workload's expert dtype, e.g. fp4 for nvfp4 experts)."""
     e = efficiency(hw)
     peak = hw.peak(weight_dtype or (wl.weight_dtype if wl is not None else "fp8"))
     bf16 = hw.peak("bf16")
+    expert_peak = hw.peak(wl.expert_dtype) if wl is not None and wl.expert_weight_dtype else None
     return Device(
+        expert_flops=None if expert_peak is None else expert_peak * e.grouped_gemm,
         gemm_flops=peak * e.gemm,
         grouped_flops=peak * e.grouped_gemm,
         attention_flops=bf16 * e.attention,
@@ -370,19 +379,20 @@ def check_layout(m: Model, layout: Layout, redundant_experts: int = 0) -> None:
 
 def weight_bytes_per_device(m: Model, wl: Workload, layout: Layout, redundant_experts: int = 0, mtp: bool = False):
     """Weights one device holds. The FP8 checkpoint quantizes the attention, dense-MLP and
-    expert matrices (`weight_dtype`); embedding, LM head, router and norms stay in the
+    expert matrices (`weight_dtype`; routed experts in the workload's `expert_dtype`); embedding, LM head, router and norms stay in the
     activation dtype. MLA down-projections are replicated, the rest split by TP; dense MLPs
     split by TP; routed experts ((E + redundant) / ep copies per EP rank) split by MoE-TP;
     shared experts and router replicated; the embedding replicated, the LM head split by TP.
     With MTP, one more MoE layer and its 2·hidden → hidden projection."""
-    wb, ab = dtype_bytes(wl.weight_dtype), dtype_bytes(wl.activation_dtype)
+    wb, ab, eb = dtype_bytes(wl.weight_dtype), dtype_bytes(wl.activation_dtype), dtype_bytes(wl.expert_dtype)
     tp = np.asarray(layout.tp, dtype=float)
     shapes = counts.mla_weight_shapes(m, "plain")
     replicated = sum(i * o for k, (i, o) in shapes.items() if k in ("wq_a", "wkv_a"))
     split = sum(i * o for k, (i, o) in shapes.items() if k not in ("wq_a", "wkv_a"))
     mla_layer = replicated + split / tp
     experts_here = (m.n_routed_experts + redundant_experts) / np.asarray(layout.ep, dtype=float)
-    moe_layer = (experts_here / np.asarray(layout.moe_tp, dtype=float) + m.n_shared_experts) * counts.expert_params(m)
+    routed = experts_here / np.asarray(layout.moe_tp, dtype=float) * counts.expert_params(m) * (eb / wb)
+    moe_layer = routed + m.n_shared_experts * counts.expert_params(m)  # routed counted in weight-dtype bytes
     extra = m.num_nextn_predict_layers if mtp else 0
     quantized = ((m.num_hidden_layers + extra) * mla_layer + m.n_dense_layers * counts.dense_mlp_params(m) / tp
                  + (m.n_moe_layers + extra) * moe_layer + extra * 2 * m.hidden_size * m.hidden_size)
@@ -481,6 +491,7 @@ class _Ctx:
     ep: object
     imbalance: object
     slots: object  # routed expert copies per EP rank
+    eb: float = 1.0  # routed-expert weight bytes per element (scales included)
 
 
 def _gemm(c: _Ctx, rows, n_in, n_out, flop_rate=None, groups=1.0, w_bytes=None):
@@ -497,10 +508,10 @@ def _swiglu(c: _Ctx, rows, width, groups=1.0):
     return elementwise_time(groups * rows * width * (2.0 * c.ab + c.xb), c.dev)
 
 
-def _mlp(c: _Ctx, rows, hidden, width, flop_rate=None, groups=1.0):
+def _mlp(c: _Ctx, rows, hidden, width, flop_rate=None, groups=1.0, w_bytes=None):
     """gate-up GEMM, SwiGLU, down GEMM (three kernels)."""
-    return (_gemm(c, rows, hidden, 2 * width, flop_rate, groups) + _swiglu(c, rows, width, groups)
-            + _gemm(c, rows, width, hidden, flop_rate, groups))
+    return (_gemm(c, rows, hidden, 2 * width, flop_rate, groups, w_bytes) + _swiglu(c, rows, width, groups)
+            + _gemm(c, rows, width, hidden, flop_rate, groups, w_bytes))
 
 
 def _attention_decode(c: _Ctx, tokens, seqs, q_per_seq, kv_len):
@@ -557,7 +568,7 @@ def _moe(c: _Ctx, tokens, phase: str):
         "gate": _gemm(c, local, m.hidden_size, m.n_routed_experts, w_bytes=c.ab)
         + elementwise_time(local * m.n_routed_experts * FP32_BYTES, c.dev),  # router GEMM + top-k
         "shared_expert": _mlp(c, local, m.hidden_size, m.moe_intermediate_size * m.n_shared_experts),
-        "routed_experts": _mlp(c, pairs / hit, m.hidden_size, width, c.dev.grouped_flops, hit),
+        "routed_experts": _mlp(c, pairs / hit, m.hidden_size, width, c.dev.routed_flops, hit, c.eb),
     }
     copies = local * m.num_experts_per_tok
     if phase == "decode":  # low-latency kernels: one message per expert copy
@@ -611,7 +622,7 @@ def _context(m: Model, hw: Hardware, wl: Workload, layout: Layout, expert_imbala
         dispatch_bytes=wire_bytes(wl.dispatch_dtype), combine_bytes=wire_bytes(wl.combine_dtype),
         tp=np.asarray(layout.tp, dtype=float), dp=np.asarray(layout.dp, dtype=float),
         moe_tp=np.asarray(layout.moe_tp, dtype=float), ep=ep, imbalance=np.asarray(expert_imbalance, dtype=float),
-        slots=(m.n_routed_experts + redundant_experts) / ep,
+        slots=(m.n_routed_experts + redundant_experts) / ep, eb=dtype_bytes(wl.expert_dtype),
     )
 
 
