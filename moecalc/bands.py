@@ -12,7 +12,7 @@ the model the kernels that pin it really ran. For entry E of hardware H (``band_
   ``low_percentile`` and ``high_percentile`` (numpy's linear interpolation);
 * with fewer (a factor pinned by one point meets it by construction, so its residual says
   nothing), or for a value TRANSFERRED from another GPU, the spread is the pooled one: the
-  same percentiles over every kernel point of every GPU;
+  same percentiles over every kernel point of every GPU, lone pins left out;
 * every spread contains 1 (the point estimate) and is widened to at least ±``min_halfwidth_pct``
   (the rounding of published figures) and narrowed to at most ±``max_halfwidth_pct``.
 
@@ -70,10 +70,20 @@ def percentile_spread(ratios, rule: Mapping) -> tuple[float, float]:
     return lo, hi
 
 
+def pooled_records(records) -> list:
+    """Every calibration record except a lone pin (the only point setting its entry on its GPU
+    meets it by construction: its residual is rounding, not evidence)."""
+    pins: dict[tuple, int] = {}
+    for r in records:
+        if r["pins"] is not None:
+            pins[(r["hardware"], r["pins"])] = pins.get((r["hardware"], r["pins"]), 0) + 1
+    return [r for r in records if r["pins"] is None or pins[(r["hardware"], r["pins"])] > 1]
+
+
 def spreads(hw: Hardware) -> dict[str, tuple[float, float]]:
     """The spread of each entry of `hw`'s efficiency section (see the module docstring)."""
     rule, records = _calibration()
-    pooled = percentile_spread([speed_ratio(r) for r in records], rule)
+    pooled = percentile_spread([speed_ratio(r) for r in pooled_records(records)], rule)
     own = [r for r in records if r["hardware"] == hw.key]
     out = {}
     for name in SPREAD_FIELDS:
