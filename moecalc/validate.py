@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping
 
 from . import bands
 from .errors import InputError
+from .frameworks import load_framework
 from .profiles import PARAMS_DIR, Hardware, Model, Workload, load_hardware, load_model, read_yaml
 from .policies import roofline as rl
 from .units import DTYPE_BYTES
@@ -37,8 +38,8 @@ NODE = 8  # GPUs per node in the *_per_node metrics (the published figures' 8-GP
 _COMMON = ("id", "source", "setup", "phase", "hardware", "layout", "dtypes", "deployment", "metric", "published",
            "tolerance_pct", "attribution")
 _PHASE_FIELDS = {"decode": ("kv_len", "mtp_accept"), "prefill": ("tokens_per_gpu", "prompt_len", "kv_cache_hit_rate")}
-# Optional: decode's MTP draft tokens per step (default 1); the serving framework (text,
-# recorded with the point; default sglang).
+# Optional: decode's MTP draft tokens per step (default 1); the serving framework's profile
+# (params/framework/; default SGLang).
 _OPTIONAL = {"decode": ("mtp_draft", "framework"), "prefill": ("framework",)}
 _LAYOUT = {"decode": ("tp", "dp", "moe_tp", "ep", "batch", "tbo"), "prefill": ("tp", "dp", "moe_tp", "ep", "tbo")}
 _DTYPES = ("weight", "kv", "dispatch", "combine")
@@ -71,6 +72,13 @@ def _number(where: str, key: str, value: Any, lower: float = 0.0, strict: bool =
     if value < lower or (strict and value == lower):
         raise InputError(f"{where}: field '{key}': must be {'>' if strict else '≥'} {lower:g}, got {value!r}")
     return float(value)
+
+
+def _framework_name(where: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise InputError(f"{where}: field 'framework': must be a framework profile name, got {value!r}")
+    load_framework(value)  # one error line if it is unknown
+    return value
 
 
 def load_points(path: Path | None = None) -> list[SystemPoint]:
@@ -115,7 +123,7 @@ def load_points(path: Path | None = None) -> list[SystemPoint]:
         _number(where, "deployment.expert_imbalance", p["deployment"]["expert_imbalance"], 1.0, strict=False)
         _number(where, "deployment.redundant_experts", p["deployment"]["redundant_experts"], 0.0, strict=False)
         conditions = {k: _number(where, k, p[k], 0.0, strict=k != "kv_cache_hit_rate") for k in _PHASE_FIELDS[phase]}
-        for key in ("source", "setup", "attribution") + (("framework",) if "framework" in p else ()):
+        for key in ("source", "setup", "attribution"):
             if not isinstance(p[key], str):
                 raise InputError(f"{where}: field '{key}': must be text")
         draft = p.get("mtp_draft", 1)
@@ -127,7 +135,7 @@ def load_points(path: Path | None = None) -> list[SystemPoint]:
             published=_number(where, "published", p["published"]),
             tolerance_pct=_number(where, "tolerance_pct", p["tolerance_pct"]),
             attribution=p["attribution"].strip(), conditions=conditions, mtp_draft=draft,
-            framework=p.get("framework", "sglang"),
+            framework=_framework_name(where, p.get("framework", "sglang")),
         ))
     return out
 
@@ -155,7 +163,8 @@ def compute(point: SystemPoint, m: Model, hw: Hardware, expert_imbalance: float 
     """The model's figure for `point`, in its metric (imbalance overridable, for solving)."""
     wl = workload(point)
     imbalance = point.deployment["expert_imbalance"] if expert_imbalance is None else expert_imbalance
-    kw = dict(expert_imbalance=imbalance, redundant_experts=int(point.deployment["redundant_experts"]))
+    kw = dict(expert_imbalance=imbalance, redundant_experts=int(point.deployment["redundant_experts"]),
+              framework=load_framework(point.framework))
     c = point.conditions
     per_node = NODE if point.metric.endswith("_per_node") else 1.0
     if point.phase == "prefill":
@@ -190,6 +199,7 @@ def validate(points: list[SystemPoint] | None = None) -> list[dict[str, Any]]:
         hw = hardware.setdefault(p.hardware, load_hardware(p.hardware))
         computed = compute(p, m, hw)
         low, high = bands.band(lambda h: compute(p, m, h), hw)
+        low, high = min(low, computed), max(high, computed)  # a ratio of two runs can move by rounding only
         error = (computed - p.published) / p.published * 100.0
         records.append({
             "id": p.id,
