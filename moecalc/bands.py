@@ -17,10 +17,14 @@ the model the kernels that pin it really ran. For entry E of hardware H (``band_
   (the rounding of published figures) and narrowed to at most ±``max_halfwidth_pct``.
 
 A fraction is multiplied by the ratio (capped at 1), a latency floor divided by it. The band
-of a figure is the figure evaluated twice, with every entry at its slow end and every entry
-at its fast end (:func:`band`): the errors are taken as fully correlated, so where several
-factors matter the band is wider than independent errors would give; where one dominates it
-is that factor's percentile band.
+of a figure (:func:`band`) spans the figure evaluated at the four corners of two groups of
+entries: what the GPU computes (GEMMs, attention, memory, kernel floors) and what the links
+carry (scale-up, scale-out, all-reduce and dispatch floors), each group at its slow or its
+fast end. Within a group the errors are taken as fully correlated, between the groups as
+independent: a throughput's band is its all-slow and all-fast figures (wider, where several
+factors matter, than independent errors would give; where one dominates, that factor's
+percentile band), and a figure that compares compute with communication (the gain of
+two-batch overlap) moves at the mixed corners.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ SPREAD_FIELDS = tuple(n for n, (kind, _) in EFFICIENCY_FIELDS.items() if kind in
                       and n not in ("usable_memory", "tbo_overhead_us"))
 
 Spread = Mapping[str, tuple[float, float]]
+# The two groups whose errors are taken as independent of each other (see the docstring).
+COMMUNICATION = ("scale_up", "scale_out", "all_reduce_latency_us", "dispatch_latency_us")
 
 
 @lru_cache(maxsize=1)
@@ -100,16 +106,18 @@ def spreads(hw: Hardware) -> dict[str, tuple[float, float]]:
     return out
 
 
-def at(hw: Hardware, side: str, spread: Spread | None = None) -> Hardware:
-    """`hw` with every spread entry at its slow (``side='low'``) or fast (``'high'``) end."""
-    if side not in ("low", "high"):
-        raise InputError(f"band side must be low or high, got {side!r}")
+def at(hw: Hardware, side: str, spread: Spread | None = None, comm_side: str | None = None) -> Hardware:
+    """`hw` with every spread entry at its slow (``side='low'``) or fast (``'high'``) end; the
+    communication entries at `comm_side` if given (a mixed corner), else at `side` too."""
+    comm_side = side if comm_side is None else comm_side
+    if side not in ("low", "high") or comm_side not in ("low", "high"):
+        raise InputError(f"band side must be low or high, got {side!r} / {comm_side!r}")
     spread = spreads(hw) if spread is None else spread
     eff = dict(hw.efficiency or {})
     for name, (lo, hi) in spread.items():
         if name not in eff or not eff[name]:
             continue
-        ratio = lo if side == "low" else hi
+        ratio = lo if (comm_side if name in COMMUNICATION else side) == "low" else hi
         kind = EFFICIENCY_FIELDS[name][0]
         value = eff[name]["value"]
         value = min(value * ratio, 1.0) if kind == "fraction" else value / ratio
@@ -119,9 +127,8 @@ def at(hw: Hardware, side: str, spread: Spread | None = None) -> Hardware:
 
 def band(fn: Callable[[Hardware], object], hw: Hardware, spread: Spread | None = None):
     """(low, high) of `fn(hw)` (a number or an array, e.g. over layouts) across the spread of
-    `hw`'s efficiencies: `fn` evaluated with every entry at its slow end and at its fast end,
-    elementwise min and max (a time rises where a throughput falls)."""
-    a = np.asarray(fn(at(hw, "low", spread)), dtype=float)
-    b = np.asarray(fn(at(hw, "high", spread)), dtype=float)
-    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    `hw`'s efficiencies: `fn` evaluated at the four corners (compute slow or fast × links slow
+    or fast), elementwise min and max (a time rises where a throughput falls)."""
+    corners = [np.asarray(fn(at(hw, s, spread, c)), dtype=float) for s in ("low", "high") for c in ("low", "high")]
+    lo, hi = np.minimum.reduce(corners), np.maximum.reduce(corners)
     return (float(lo), float(hi)) if lo.ndim == 0 else (lo, hi)

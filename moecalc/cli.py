@@ -323,8 +323,9 @@ def _with_kv_dtype(wl, dtype: str | None, expert_dtype: str | None = None):
     return wl if expert_dtype is None else replace(wl, expert_weight_dtype=expert_dtype)
 
 
-BAND_MEANING = ("band_low/band_high: the figure with every efficiency and floor at the slow and at the fast end "
-                "of its calibration spread (moecalc.bands)")
+BAND_MEANING = ("band_low/band_high: the lowest and highest figure with the efficiencies and floors at the slow "
+                "and fast ends of their calibration spreads, compute and links as two independent groups "
+                "(moecalc.bands)")
 
 
 def _bands(figures: Callable, hw, names: tuple[str, ...]) -> tuple[dict[str, float], dict[str, float]]:

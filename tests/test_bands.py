@@ -133,3 +133,20 @@ def test_cli_search_reports_bands():
     for row in rows:
         for k in ("tokens_per_s_per_device", "tpot_ms", "tokens_per_s_per_user"):
             assert row["band_low"][k] < row[k] < row["band_high"][k], k
+
+
+def test_mixed_corners_move_a_compute_over_communication_ratio(model, workload):
+    """A TBO gain compares compute with communication: with both groups slow or both fast it
+    barely moves, at the mixed corners it does; a throughput's extremes stay all-slow/all-fast."""
+    hw = profiles.load_hardware("h800")
+    spread = {n: (0.9, 1.1) for n in bands.SPREAD_FIELDS}
+    mixed = bands.at(hw, "low", spread, comm_side="high")
+    assert mixed.efficiency["gemm"]["value"] == pytest.approx(hw.efficiency["gemm"]["value"] * 0.9)
+    assert mixed.efficiency["scale_out"]["value"] == pytest.approx(min(hw.efficiency["scale_out"]["value"] * 1.1, 1))
+    lay = rl.Layout(tp=1, dp=72, moe_tp=1, ep=72, batch=256)
+    gain = lambda h: (lambda s: s.step_time_no_overlap / s.step_time_tbo)(rl.decode(model, h, workload, lay, 2000))  # noqa: E731
+    lo, hi = bands.band(gain, hw, spread)
+    assert hi - lo > 0.02 * float(gain(hw))
+    tput = lambda h: rl.decode(model, h, workload, lay, 2000).tokens_per_s_per_user  # noqa: E731
+    assert bands.band(tput, hw, spread) == pytest.approx(
+        (float(tput(bands.at(hw, "low", spread))), float(tput(bands.at(hw, "high", spread)))))
