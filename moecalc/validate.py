@@ -13,6 +13,7 @@ fast). Efficiencies come from the hardware profiles, calibrated on kernels only
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -72,6 +73,12 @@ def _number(where: str, key: str, value: Any, lower: float = 0.0, strict: bool =
     if value < lower or (strict and value == lower):
         raise InputError(f"{where}: field '{key}': must be {'>' if strict else '≥'} {lower:g}, got {value!r}")
     return float(value)
+
+
+@lru_cache(maxsize=None)
+def _framework(name: str):
+    """A point's framework profile, read once per process (a band evaluates a point 5 times)."""
+    return load_framework(name)
 
 
 def _framework_name(where: str, value: Any) -> str:
@@ -164,7 +171,7 @@ def compute(point: SystemPoint, m: Model, hw: Hardware, expert_imbalance: float 
     wl = workload(point)
     imbalance = point.deployment["expert_imbalance"] if expert_imbalance is None else expert_imbalance
     kw = dict(expert_imbalance=imbalance, redundant_experts=int(point.deployment["redundant_experts"]),
-              framework=load_framework(point.framework))
+              framework=_framework(point.framework))
     c = point.conditions
     per_node = NODE if point.metric.endswith("_per_node") else 1.0
     if point.phase == "prefill":
