@@ -203,7 +203,7 @@ def validate(points: list[SystemPoint] | None = None) -> list[dict[str, Any]]:
     hardware: dict[str, Hardware] = {}
     records = []
     for p in points:
-        hw = hardware.setdefault(p.hardware, load_hardware(p.hardware))
+        hw = hardware.get(p.hardware) or hardware.setdefault(p.hardware, load_hardware(p.hardware))
         computed = compute(p, m, hw)
         low, high = bands.band(lambda h: compute(p, m, h), hw)
         low, high = min(low, computed), max(high, computed)  # a ratio of two runs can move by rounding only
