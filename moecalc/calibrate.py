@@ -191,7 +191,7 @@ def evaluate(points: list[KernelPoint] | None = None) -> list[dict[str, Any]]:
     hardware: dict[str, Any] = {}
     records = []
     for p in points:
-        hw = hardware.setdefault(p.hardware, load_hardware(p.hardware))
+        hw = hardware.get(p.hardware) or hardware.setdefault(p.hardware, load_hardware(p.hardware))
         value = model_value(p, hw, model)
         # for a time, a model that is too slow has a positive error; for a rate, too fast
         error = (value - p.measured) / p.measured * 100.0

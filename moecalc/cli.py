@@ -15,6 +15,8 @@ from .errors import InputError
 MS = 1e3  # seconds → milliseconds, for printing
 MAX_COUNT = 2**53  # largest integer count a float holds exactly
 GB = 1e9
+# weight dtypes the routed experts may take (block-scaled 4-bit formats included; see units.DTYPE_BYTES)
+EXPERT_DTYPES = ["bf16", "fp8", "nvfp4", "mxfp4"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -168,7 +170,7 @@ def cmd_prefill(args: argparse.Namespace) -> int:
     if args.policy == "roofline":
         return _prefill_roofline(args)
     _only_roofline(args, ("dp", "moe_tp", "ep", "tbo", "tokens_per_gpu", "kv_cache_hit_rate", "dtype", "framework",
-                          "expert_imbalance", "redundant_experts"))
+                          "expert_dtype", "expert_imbalance", "redundant_experts"))
     return _prefill_seed003(args)
 
 
@@ -217,8 +219,8 @@ def _prefill_seed003(args: argparse.Namespace) -> int:
 def cmd_decode(args: argparse.Namespace) -> int:
     if args.policy == "roofline":
         return _decode_roofline(args)
-    _only_roofline(args, ("dp", "moe_tp", "tbo", "dtype", "mtp_accept", "expert_imbalance", "redundant_experts",
-                          "framework"))
+    _only_roofline(args, ("dp", "moe_tp", "tbo", "dtype", "expert_dtype", "mtp_accept", "expert_imbalance",
+                          "redundant_experts", "framework"))
     return _decode_seed003(args)
 
 
@@ -314,10 +316,24 @@ def _framework_json(fw) -> dict[str, Any]:
     return {"name": fw.name, "version": fw.version, "profile": fw.key}
 
 
-def _with_kv_dtype(wl, dtype: str | None):
+def _with_kv_dtype(wl, dtype: str | None, expert_dtype: str | None = None):
     from dataclasses import replace
 
-    return wl if dtype is None else replace(wl, kv_dtype=dtype)
+    wl = wl if dtype is None else replace(wl, kv_dtype=dtype)
+    return wl if expert_dtype is None else replace(wl, expert_weight_dtype=expert_dtype)
+
+
+BAND_MEANING = ("band_low/band_high: the lowest and highest figure with the efficiencies and floors at the slow "
+                "and fast ends of their calibration spreads, compute and links as two independent groups "
+                "(moecalc.bands)")
+
+
+def _bands(figures: Callable, hw, names: tuple[str, ...]) -> tuple[dict[str, float], dict[str, float]]:
+    """band_low and band_high of each named figure (figures(hardware) returns them in order)."""
+    from . import bands
+
+    lo, hi = bands.band(lambda h: [float(v) for v in figures(h)], hw)
+    return dict(zip(names, map(float, lo))), dict(zip(names, map(float, hi)))
 
 
 def _layout_json(layout) -> dict[str, Any]:
@@ -334,7 +350,7 @@ def _decode_roofline(args: argparse.Namespace) -> int:
     from .policies import roofline
 
     m, hw, wl = _load(args, "model", "hardware", "workload")
-    wl = _with_kv_dtype(wl, args.dtype)
+    wl = _with_kv_dtype(wl, args.dtype, args.expert_dtype)
     redundant = args.redundant_experts or 0
     imbalance = args.expert_imbalance or 1.0
     layout = _layout(args, m, args.batch, redundant)
@@ -344,6 +360,15 @@ def _decode_roofline(args: argparse.Namespace) -> int:
                            redundant_experts=redundant, framework=fw)
     roofline.check_fits(step, hw, f"batch {args.batch} at KV length {args.kv_len:,} ({wl.kv_dtype} KV)")
     per_gpu = float(roofline.tokens_per_s_per_device(step, layout))
+
+    def figures(h):
+        s = roofline.decode(m, h, wl, layout, args.kv_len, accept, expert_imbalance=imbalance,
+                            redundant_experts=redundant, framework=fw)
+        gpu = roofline.tokens_per_s_per_device(s, layout)
+        return [s.tpot * MS, s.step_time * MS, s.tokens_per_s_per_user, gpu, gpu * hw.scale_up_domain]
+
+    low, high = _bands(figures, hw, ("tpot_ms", "step_ms", "tokens_per_s_per_user", "tokens_per_s_per_gpu",
+                                     "tokens_per_s_per_node"))
     data = {
         "policy": "roofline",
         "framework": _framework_json(fw),
@@ -355,6 +380,7 @@ def _decode_roofline(args: argparse.Namespace) -> int:
         "kv_len": args.kv_len,
         "kv_dtype": wl.kv_dtype,
         "weight_dtype": wl.weight_dtype,
+        "expert_weight_dtype": wl.expert_dtype,
         "mtp_accept": accept,
         "expert_imbalance": imbalance,
         "redundant_experts": redundant,
@@ -377,6 +403,9 @@ def _decode_roofline(args: argparse.Namespace) -> int:
         "layers": {"dense": m.n_dense_layers, "moe": m.n_moe_layers},
         "per_layer_ms": {"dense": _ms(step.dense_layer), "moe": _ms(step.moe_layer)},
         "head_ms": float(step.head) * MS,
+        "band_low": low,
+        "band_high": high,
+        "band_meaning": BAND_MEANING,
     }
 
     def text() -> str:
@@ -387,12 +416,14 @@ def _decode_roofline(args: argparse.Namespace) -> int:
                 f"rank, KV length {args.kv_len:,} ({wl.kv_dtype}), {'two-batch overlap' if layout.tbo else 'no overlap'}"
                 + (f", MTP {accept:g} tokens per step" if accept > 1 else ""))
         rows = [
-            ("TPOT (ms)", data["tpot_ms"]),
+            ("TPOT (ms)", data["tpot_ms"], low["tpot_ms"], high["tpot_ms"]),
             ("step, no overlap (ms)", data["step_ms_no_overlap"]),
             ("step, two-batch overlap (ms)", data["step_ms_tbo"]),
-            ("tokens/s per user", data["tokens_per_s_per_user"]),
-            ("tokens/s per GPU", data["tokens_per_s_per_gpu"]),
-            (f"tokens/s per node ({hw.scale_up_domain} GPUs)", data["tokens_per_s_per_node"]),
+            ("tokens/s per user", data["tokens_per_s_per_user"], low["tokens_per_s_per_user"],
+             high["tokens_per_s_per_user"]),
+            ("tokens/s per GPU", data["tokens_per_s_per_gpu"], low["tokens_per_s_per_gpu"], high["tokens_per_s_per_gpu"]),
+            (f"tokens/s per node ({hw.scale_up_domain} GPUs)", data["tokens_per_s_per_node"],
+             low["tokens_per_s_per_node"], high["tokens_per_s_per_node"]),
             ("MFU", data["mfu"]),
             ("memory per GPU (GB): weights", data["memory_weights_gb"]),
             ("memory per GPU (GB): KV cache", data["memory_kv_gb"]),
@@ -400,7 +431,8 @@ def _decode_roofline(args: argparse.Namespace) -> int:
         ]
         ops = [(k, data["per_layer_ms"]["dense"].get(k), data["per_layer_ms"]["moe"].get(k))
                for k in dict.fromkeys([*data["per_layer_ms"]["dense"], *data["per_layer_ms"]["moe"]])]
-        return "\n".join([report.table(["metric", "value"], rows, title=head), "",
+        rows = [r + (None,) * (4 - len(r)) for r in rows]
+        return "\n".join([report.table(["metric", "value", "band low", "band high"], rows, title=head), "",
                           report.table(["op", f"dense layer (ms, ×{m.n_dense_layers})", f"MoE layer (ms, ×{m.n_moe_layers})"],
                                        ops, title="per-layer op times, full batch, no overlap"),
                           f"LM head (and MTP module), once per step: {data['head_ms']:.3f} ms"])
@@ -415,7 +447,7 @@ def _prefill_roofline(args: argparse.Namespace) -> int:
     if args.tokens_per_gpu is None:
         raise InputError("--tokens-per-gpu is required with --policy roofline (new prompt tokens per GPU per forward)")
     m, hw, wl = _load(args, "model", "hardware", "workload")
-    wl = _with_kv_dtype(wl, args.dtype)
+    wl = _with_kv_dtype(wl, args.dtype, args.expert_dtype)
     redundant = args.redundant_experts or 0
     imbalance = args.expert_imbalance or 1.0
     layout = _layout(args, m, 1, redundant)
@@ -426,6 +458,15 @@ def _prefill_roofline(args: argparse.Namespace) -> int:
                          redundant_experts=redundant, framework=fw)
     roofline.check_fits(p, hw, f"prefill of {args.tokens_per_gpu:,} tokens per GPU")
     per_gpu = float(p.tokens_per_s_per_device)
+
+    def figures(h):
+        q = roofline.prefill(m, h, wl, layout, args.tokens_per_gpu, prompt, hit, expert_imbalance=imbalance,
+                             redundant_experts=redundant, framework=fw)
+        return [q.time * MS, q.tokens_per_s_per_device, q.tokens_per_s_per_device * hw.scale_up_domain,
+                q.input_tokens_per_s_per_device, q.input_tokens_per_s_per_device * hw.scale_up_domain]
+
+    low, high = _bands(figures, hw, ("time_ms", "tokens_per_s_per_gpu", "tokens_per_s_per_node",
+                                     "input_tokens_per_s_per_gpu", "input_tokens_per_s_per_node"))
     lay = _layout_json(layout)
     lay.pop("batch")
     data = {
@@ -438,6 +479,8 @@ def _prefill_roofline(args: argparse.Namespace) -> int:
         "tokens_per_gpu": args.tokens_per_gpu,
         "prompt_len": prompt,
         "kv_cache_hit_rate": hit,
+        "weight_dtype": wl.weight_dtype,
+        "expert_weight_dtype": wl.expert_dtype,
         "expert_imbalance": imbalance,
         "redundant_experts": redundant,
         "time_ms": float(p.time) * MS,
@@ -454,6 +497,9 @@ def _prefill_roofline(args: argparse.Namespace) -> int:
         "layers": {"dense": m.n_dense_layers, "moe": m.n_moe_layers},
         "per_layer_ms": {"dense": _ms(p.dense_layer), "moe": _ms(p.moe_layer)},
         "head_ms": float(p.head) * MS,
+        "band_low": low,
+        "band_high": high,
+        "band_meaning": BAND_MEANING,
     }
 
     def text() -> str:
@@ -462,17 +508,20 @@ def _prefill_roofline(args: argparse.Namespace) -> int:
                 f"DP{lay['dp']}, MoE TP{lay['moe_tp']} × EP{lay['ep']}, {args.tokens_per_gpu:,} new tokens per GPU, "
                 f"prompts of {prompt:,} with {hit:.1%} cache hits, {'two-batch overlap' if layout.tbo else 'no overlap'}")
         rows = [
-            ("forward time (ms)", data["time_ms"]),
-            ("forward, no overlap (ms)", data["time_ms_no_overlap"]),
-            ("forward, two-batch overlap (ms)", data["time_ms_tbo"]),
-            ("computed tokens/s per GPU", data["tokens_per_s_per_gpu"]),
-            (f"computed tokens/s per node ({hw.scale_up_domain} GPUs)", data["tokens_per_s_per_node"]),
-            ("input tokens/s per node, cache hits included", data["input_tokens_per_s_per_node"]),
-            ("MFU", f"{data['mfu']:.1%}"),
+            ("forward time (ms)", data["time_ms"], low["time_ms"], high["time_ms"]),
+            ("forward, no overlap (ms)", data["time_ms_no_overlap"], None, None),
+            ("forward, two-batch overlap (ms)", data["time_ms_tbo"], None, None),
+            ("computed tokens/s per GPU", data["tokens_per_s_per_gpu"], low["tokens_per_s_per_gpu"],
+             high["tokens_per_s_per_gpu"]),
+            (f"computed tokens/s per node ({hw.scale_up_domain} GPUs)", data["tokens_per_s_per_node"],
+             low["tokens_per_s_per_node"], high["tokens_per_s_per_node"]),
+            ("input tokens/s per node, cache hits included", data["input_tokens_per_s_per_node"],
+             low["input_tokens_per_s_per_node"], high["input_tokens_per_s_per_node"]),
+            ("MFU", f"{data['mfu']:.1%}", None, None),
         ]
         ops = [(k, data["per_layer_ms"]["dense"].get(k), data["per_layer_ms"]["moe"].get(k))
                for k in dict.fromkeys([*data["per_layer_ms"]["dense"], *data["per_layer_ms"]["moe"]])]
-        return "\n".join([report.table(["metric", "value"], rows, digits=1, title=head), "",
+        return "\n".join([report.table(["metric", "value", "band low", "band high"], rows, digits=1, title=head), "",
                           report.table(["op", f"dense layer (ms, ×{m.n_dense_layers})", f"MoE layer (ms, ×{m.n_moe_layers})"],
                                        ops, title="per-layer op times, no overlap")])
 
@@ -493,9 +542,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.4g}"
 
     rows = [(r["id"], r["metric"], fig(r["published"]), fig(r["computed"]), r["error_pct"],
-             r["tolerance_pct"], "yes" if r["within"] else "no") for r in records]
-    print(report.table(["point", "metric", "published", "computed", "error %", "± %", "within"], rows, digits=1,
+             r["tolerance_pct"], "yes" if r["within"] else "no", f"{fig(r['band_low'])} - {fig(r['band_high'])}",
+             "yes" if r["in_band"] else "no") for r in records]
+    print(report.table(["point", "metric", "published", "computed", "error %", "± %", "within", "band", "in band"],
+                       rows, digits=1,
                        title="roofline policy vs published system-level figures (params/measurements/systems.yaml)"))
+    s = validate.band_summary(records)
+    print(f"\npublished values inside their band: {s['inside']} of {s['points']} ({s['coverage_pct']:.0f} %); "
+          f"median band half-width ±{s['median_halfwidth_pct']:.1f} %")
     return 0
 
 
@@ -520,6 +574,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from . import report, search
 
     m, hw, wl = _load(args, "model", "hardware", "workload")
+    wl = _with_kv_dtype(wl, None, args.expert_dtype)
     tbo = {"both": (False, True), "on": (True,), "off": (False,)}[args.tbo]
     fw = _framework(args)
     if args.policy != "roofline" and args.framework is not None:
@@ -530,6 +585,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         moe_tp=args.moe_tp, tbo=tbo, batch_per=args.batch_per, kv_len=args.kv_len, framework=fw,
     )
     data = {"hardware": hw.name, "model": m.name, "workload": wl.name, **result.summary(args.top)}
+    listed = data["top"] + [e["best"] for e in data.get("by_devices", []) if e["best"]]
+    search.add_bands(listed, m, hw, wl, data["kv_len"], args.policy, fw)
+    if args.policy == "roofline":
+        data["band_meaning"] = BAND_MEANING
     if args.csv:
         data["csv"] = {"path": args.csv, "rows": result.write_csv(args.csv)}
 
@@ -545,8 +604,13 @@ def cmd_search(args: argparse.Namespace) -> int:
                 "tokens_per_s_per_device", "total_tokens_per_s", "tpot_ms", "memory_gb", "mfu"]
         out = [head, f"batch = {data['batch_meaning']}", "", report.table(["layouts", "count"], counts)]
         if data["top"]:
-            out += ["", report.table(cols, [[r[c] for c in cols] for r in data["top"]], digits=2,
-                                     title=f"top {len(data['top'])} by tokens/s per device")]
+            band = ["band low", "band high"] if "band_low" in data["top"][0] else []
+            rows = [[r[c] for c in cols] + ([r["band_low"]["tokens_per_s_per_device"],
+                                             r["band_high"]["tokens_per_s_per_device"]] if band else [])
+                    for r in data["top"]]
+            out += ["", report.table(cols + band, rows, digits=2,
+                                     title=f"top {len(data['top'])} by tokens/s per device"
+                                           + (" (band: of tokens/s per device)" if band else ""))]
         else:
             out += ["", "no layout meets the constraints"]
         if "by_devices" in data:
@@ -625,12 +689,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--policy", default="roofline", choices=["roofline", "seed003"],
                        help="timing policy (default roofline; seed003 reproduces seed 003)")
 
+    def expert_dtype(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--expert-dtype", choices=EXPERT_DTYPES,
+                       help="routed experts' weight dtype, e.g. nvfp4 with fp8 attention (roofline; default: the "
+                            "workload's expert_weight_dtype, else its weight_dtype)")
+
     def roofline_options(p: argparse.ArgumentParser) -> None:
         """The layout and deployment options prefill and decode share under the roofline policy."""
         p.add_argument("--dp", type=positive_int, help="attention data-parallel size (roofline; default: devices / tp)")
         p.add_argument("--moe-tp", type=positive_int, help="MoE tensor-parallel size (roofline; default 1)")
         p.add_argument("--tbo", action="store_true", default=None, help="two-batch overlap (roofline)")
         p.add_argument("--dtype", choices=["fp8", "bf16"], help="KV-cache dtype (roofline; default: the workload's)")
+        expert_dtype(p)
         p.add_argument("--expert-imbalance", type=_at_least_one,
                        help="max/mean routed-expert load per EP rank (roofline; default 1 = perfect balance)")
         p.add_argument("--redundant-experts", type=_non_negative_int,
@@ -685,6 +755,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--moe-tp", type=positive_int_list, help="only these MoE TP sizes")
     p.add_argument("--tbo", default="both", choices=["both", "on", "off"], help="two-batch overlap (default: both)")
     p.add_argument("--kv-len", type=positive_int, help="KV length per sequence (default: the workload's average)")
+    expert_dtype(p)
     framework_option(p)
 
     command("validate", cmd_validate, "the roofline policy against every published system-level figure")

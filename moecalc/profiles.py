@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .errors import InputError
-from .units import DTYPE_BYTES, GB, GB_PER_S, MiB, TFLOPS
+from .units import DTYPE_BYTES, GB, GB_PER_S, PEAK_DTYPE, MiB, TFLOPS
 
 PARAMS_DIR = Path(os.environ.get("MOECALC_PARAMS", Path(__file__).resolve().parent.parent / "params"))
 KINDS = ("hardware", "model", "workload", "policy", "framework")
@@ -272,11 +272,13 @@ class Hardware:
         return self.memory_reported if self.memory_reported is not None else self.memory_bytes
 
     def peak(self, dtype: str) -> float:
-        """Dense peak FLOP/s for `dtype`; fp16 and bf16 share a peak where only one is given."""
-        for candidate in (dtype, {"fp16": "bf16", "bf16": "fp16"}.get(dtype)):
+        """Dense peak FLOP/s for `dtype`; fp16 and bf16 share a peak where only one is given,
+        and the block-scaled 4-bit formats (nvfp4, mxfp4) run at the fp4 peak."""
+        for candidate in (dtype, PEAK_DTYPE.get(dtype)):
             if candidate in self.peak_flops:
                 return self.peak_flops[candidate]
-        raise InputError(f"{self.path}: field 'peak_tflops.{dtype}': missing (needed for {dtype} math)")
+        key = PEAK_DTYPE.get(dtype, dtype) if dtype in ("nvfp4", "mxfp4") else dtype
+        raise InputError(f"{self.path}: field 'peak_tflops.{key}': missing (needed for {dtype} math)")
 
 
 def load_hardware(name_or_path: str | os.PathLike[str]) -> Hardware:
@@ -420,6 +422,8 @@ WORKLOAD_SPEC = Spec(
         "max_ttft_s": Spec("number", required=False),
         "max_memory_gb": Spec("number", required=False, unit=GB),  # cap per device
         "weight_dtype": Spec("dtype", required=False, default="fp8"),
+        # routed experts only (e.g. nvfp4 experts with fp8 attention); default: weight_dtype
+        "expert_weight_dtype": Spec("dtype", required=False),
         "activation_dtype": Spec("dtype", required=False, default="bf16"),
         "kv_dtype": Spec("dtype", required=False, default="bf16"),
         "dispatch_dtype": Spec("dtype", required=False, default="fp8"),
@@ -446,6 +450,12 @@ class Workload:
     kv_dtype: str
     dispatch_dtype: str
     combine_dtype: str
+    expert_weight_dtype: str | None = None  # routed experts' weights; None: weight_dtype
+
+    @property
+    def expert_dtype(self) -> str:
+        """The routed experts' weight dtype (the workload's weight dtype unless it names one)."""
+        return self.expert_weight_dtype or self.weight_dtype
 
 
 def load_workload(name_or_path: str | os.PathLike[str]) -> Workload:

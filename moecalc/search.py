@@ -412,3 +412,33 @@ def search(
         reason[(reason == FEASIBLE) & (metrics["tokens_per_s_per_user"] < slo)] = BELOW_SLO
     return Result(space, valid, metrics, reason, policy, kv, slo, float(np.max(limit)),
                   framework=f"{fw.name} {fw.version}" if policy == "roofline" else "")
+
+
+BAND_METRICS = ("tokens_per_s_per_user", "tokens_per_s_per_device", "total_tokens_per_s", "tpot_ms")
+
+
+def add_bands(rows: list[dict[str, Any]], m: Model, hw: Hardware, wl: Workload, kv_len: int,
+              policy: str = "roofline", framework: "Framework | str | None" = None) -> list[dict[str, Any]]:
+    """Each listed layout (a :meth:`Result.layout` dict) with ``band_low`` and ``band_high`` of
+    its times and throughputs (:mod:`moecalc.bands`): the listed layouts as arrays, the policy
+    called once per end of the spread. Rows are changed in place and returned."""
+    from . import bands
+
+    if not rows or policy != "roofline":
+        return rows
+    col = lambda k: np.array([r[k] for r in rows], dtype=float)  # noqa: E731
+    layout = roofline.Layout(tp=col("tp"), dp=col("dp"), moe_tp=col("moe_tp"), ep=col("ep"), batch=col("batch"))
+    tbo = np.array([r["tbo"] for r in rows], dtype=bool)
+
+    def figures(h: Hardware):
+        step = roofline.decode(m, h, wl, layout, kv_len, framework=load_framework(framework))
+        step = replace(step, step_time=np.where(tbo, step.step_time_tbo, step.step_time_no_overlap))
+        per_device = roofline.tokens_per_s_per_device(step, layout)
+        return np.stack([step.tokens_per_s_per_user * np.ones(len(rows)), per_device, per_device * col("devices"),
+                         step.tpot / MS])
+
+    low, high = bands.band(figures, hw)
+    for i, r in enumerate(rows):
+        r["band_low"] = {k: float(low[j, i]) for j, k in enumerate(BAND_METRICS)}
+        r["band_high"] = {k: float(high[j, i]) for j, k in enumerate(BAND_METRICS)}
+    return rows

@@ -35,7 +35,18 @@ DTYPE_BYTES: dict[str, float] = {
     "int8": 1.0,
     "fp4": 0.5,
     "int4": 0.5,
+    # Block-scaled 4-bit formats, scales included (storage and traffic per element):
+    # NVFP4: E2M1 values with one FP8 (E4M3) scale per 16 (NVIDIA, "Introducing NVFP4 for
+    # Efficient and Accurate Low-Precision Inference", developer blog 2025-06: 16-value blocks,
+    # E4M3 block scale, plus one FP32 scale per tensor, negligible): 0.5 + 1/16 bytes.
+    # MXFP4: E2M1 values with one E8M0 scale per 32 (OCP Microscaling Formats (MX) v1.0,
+    # section 5: block size 32, shared 8-bit exponent): 0.5 + 1/32 bytes.
+    "nvfp4": 0.5 + 1.0 / 16,
+    "mxfp4": 0.5 + 1.0 / 32,
 }
+
+# Which datasheet peak a dtype's math runs at, when it has no peak of its own.
+PEAK_DTYPE: dict[str, str] = {"fp16": "bf16", "bf16": "fp16", "nvfp4": "fp4", "mxfp4": "fp4"}
 
 
 def dtype_bytes(dtype: str) -> float:

@@ -13,9 +13,11 @@ fast). Efficiencies come from the hardware profiles, calibrated on kernels only
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from . import bands
 from .errors import InputError
 from .frameworks import load_framework
 from .profiles import PARAMS_DIR, Hardware, Model, Workload, load_hardware, load_model, read_yaml
@@ -27,16 +29,23 @@ MODEL = "deepseek-v3"
 PHASES = ("decode", "prefill")
 METRICS = {
     "output_tokens_per_s_per_node": "decode",
+    "output_tokens_per_s_per_gpu": "decode",
+    "tokens_per_s_per_user": "decode",
     "tbo_throughput_ratio": "decode",
     "input_tokens_per_s_per_node": "prefill",
+    "input_tokens_per_s_per_gpu": "prefill",
 }
+NODE = 8  # GPUs per node in the *_per_node metrics (the published figures' 8-GPU nodes)
 _COMMON = ("id", "source", "setup", "phase", "hardware", "layout", "dtypes", "deployment", "metric", "published",
            "tolerance_pct", "attribution")
 _PHASE_FIELDS = {"decode": ("kv_len", "mtp_accept"), "prefill": ("tokens_per_gpu", "prompt_len", "kv_cache_hit_rate")}
+# Optional: decode's MTP draft tokens per step (default 1); the serving framework's profile
+# (params/framework/; default SGLang).
+_OPTIONAL = {"decode": ("mtp_draft", "framework"), "prefill": ("framework",)}
 _LAYOUT = {"decode": ("tp", "dp", "moe_tp", "ep", "batch", "tbo"), "prefill": ("tp", "dp", "moe_tp", "ep", "tbo")}
 _DTYPES = ("weight", "kv", "dispatch", "combine")
+_DTYPES_OPTIONAL = ("expert",)  # routed experts' weight dtype, default: weight
 _DEPLOYMENT = ("expert_imbalance", "redundant_experts")
-_OPTIONAL = ("framework",)  # the serving framework's profile (params/framework/); default SGLang
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,7 @@ class SystemPoint:
     tolerance_pct: float
     attribution: str
     conditions: Mapping[str, float]  # kv_len, mtp_accept (decode) or tokens_per_gpu, prompt_len, kv_cache_hit_rate
+    mtp_draft: int = 1
     framework: str = "sglang"
 
 
@@ -63,6 +73,12 @@ def _number(where: str, key: str, value: Any, lower: float = 0.0, strict: bool =
     if value < lower or (strict and value == lower):
         raise InputError(f"{where}: field '{key}': must be {'>' if strict else '≥'} {lower:g}, got {value!r}")
     return float(value)
+
+
+@lru_cache(maxsize=None)
+def _framework(name: str):
+    """A point's framework profile, read once per process (a band evaluates a point 5 times)."""
+    return load_framework(name)
 
 
 def _framework_name(where: str, value: Any) -> str:
@@ -89,7 +105,7 @@ def load_points(path: Path | None = None) -> list[SystemPoint]:
         for key in _COMMON + _PHASE_FIELDS[phase]:
             if key not in p:
                 raise InputError(f"{where}: field '{key}': missing")
-        unknown = set(p) - set(_COMMON) - set(_PHASE_FIELDS[phase]) - set(_OPTIONAL)
+        unknown = set(p) - set(_COMMON) - set(_PHASE_FIELDS[phase]) - set(_OPTIONAL[phase])
         if unknown:
             raise InputError(f"{where}: field '{sorted(unknown)[0]}': unknown key for a {phase} point")
         if p["id"] in seen:
@@ -98,11 +114,13 @@ def load_points(path: Path | None = None) -> list[SystemPoint]:
         if METRICS.get(p["metric"]) != phase:
             raise InputError(f"{where}: field 'metric': {p['metric']!r} is not a {phase} metric "
                              f"(known: {', '.join(k for k, v in METRICS.items() if v == phase)})")
-        for key, names in (("layout", _LAYOUT[phase]), ("dtypes", _DTYPES), ("deployment", _DEPLOYMENT)):
+        for key, names, extra in (("layout", _LAYOUT[phase], ()), ("dtypes", _DTYPES, _DTYPES_OPTIONAL),
+                                  ("deployment", _DEPLOYMENT, ())):
             block = p[key]
-            if not isinstance(block, dict) or set(block) != set(names):
-                raise InputError(f"{where}: field '{key}': must have exactly {', '.join(names)}")
-        for k in _DTYPES:
+            if not isinstance(block, dict) or not set(names) <= set(block) <= set(names) | set(extra):
+                raise InputError(f"{where}: field '{key}': must have exactly {', '.join(names)}"
+                                 + (f" (and optionally {', '.join(extra)})" if extra else ""))
+        for k in p["dtypes"]:
             if p["dtypes"][k] not in DTYPE_BYTES:
                 raise InputError(f"{where}: field 'dtypes.{k}': unknown dtype {p['dtypes'][k]!r}")
         if not isinstance(p["layout"]["tbo"], bool):
@@ -115,12 +133,15 @@ def load_points(path: Path | None = None) -> list[SystemPoint]:
         for key in ("source", "setup", "attribution"):
             if not isinstance(p[key], str):
                 raise InputError(f"{where}: field '{key}': must be text")
+        draft = p.get("mtp_draft", 1)
+        if isinstance(draft, bool) or not isinstance(draft, int) or draft < 1:
+            raise InputError(f"{where}: field 'mtp_draft': must be a whole number ≥ 1, got {draft!r}")
         out.append(SystemPoint(
             id=p["id"], source=p["source"], setup=p["setup"], phase=phase, hardware=p["hardware"],
             layout=p["layout"], dtypes=p["dtypes"], deployment=p["deployment"], metric=p["metric"],
             published=_number(where, "published", p["published"]),
             tolerance_pct=_number(where, "tolerance_pct", p["tolerance_pct"]),
-            attribution=p["attribution"].strip(), conditions=conditions,
+            attribution=p["attribution"].strip(), conditions=conditions, mtp_draft=draft,
             framework=_framework_name(where, p.get("framework", "sglang")),
         ))
     return out
@@ -135,7 +156,7 @@ def workload(point: SystemPoint) -> Workload:
         prompt_len=prompt, output_len=1, kv_cache_hit_rate=point.conditions.get("kv_cache_hit_rate", 0.0),
         avg_kv_len=int(point.conditions.get("kv_len", prompt)), min_tokens_per_user=None, max_ttft_s=None,
         max_memory_bytes=None, weight_dtype=d["weight"], activation_dtype="bf16", kv_dtype=d["kv"],
-        dispatch_dtype=d["dispatch"], combine_dtype=d["combine"],
+        dispatch_dtype=d["dispatch"], combine_dtype=d["combine"], expert_weight_dtype=d.get("expert"),
     )
 
 
@@ -150,9 +171,9 @@ def compute(point: SystemPoint, m: Model, hw: Hardware, expert_imbalance: float 
     wl = workload(point)
     imbalance = point.deployment["expert_imbalance"] if expert_imbalance is None else expert_imbalance
     kw = dict(expert_imbalance=imbalance, redundant_experts=int(point.deployment["redundant_experts"]),
-              framework=load_framework(point.framework))
+              framework=_framework(point.framework))
     c = point.conditions
-    per_node = hw.scale_up_domain
+    per_node = NODE if point.metric.endswith("_per_node") else 1.0
     if point.phase == "prefill":
         layout = _layout(point)
         rl.check_layout(m, rl.Layout(tp=layout.tp, dp=layout.dp, moe_tp=layout.moe_tp, ep=layout.ep, batch=1),
@@ -164,8 +185,10 @@ def compute(point: SystemPoint, m: Model, hw: Hardware, expert_imbalance: float 
     def throughput(tbo: bool) -> float:
         layout = _layout(point, tbo=tbo)
         rl.check_layout(m, layout, kw["redundant_experts"])
-        step = rl.decode(m, hw, wl, layout, c["kv_len"], c["mtp_accept"], **kw)
+        step = rl.decode(m, hw, wl, layout, c["kv_len"], c["mtp_accept"], point.mtp_draft, **kw)
         rl.check_fits(step, hw, f"batch {layout.batch} at KV length {c['kv_len']:g}")
+        if point.metric == "tokens_per_s_per_user":
+            return float(step.tokens_per_s_per_user)
         return float(rl.tokens_per_s_per_device(step, layout)) * per_node
 
     if point.metric == "tbo_throughput_ratio":
@@ -180,8 +203,10 @@ def validate(points: list[SystemPoint] | None = None) -> list[dict[str, Any]]:
     hardware: dict[str, Hardware] = {}
     records = []
     for p in points:
-        hw = hardware.setdefault(p.hardware, load_hardware(p.hardware))
+        hw = hardware.get(p.hardware) or hardware.setdefault(p.hardware, load_hardware(p.hardware))
         computed = compute(p, m, hw)
+        low, high = bands.band(lambda h: compute(p, m, h), hw)
+        low, high = min(low, computed), max(high, computed)  # a ratio of two runs can move by rounding only
         error = (computed - p.published) / p.published * 100.0
         records.append({
             "id": p.id,
@@ -193,6 +218,9 @@ def validate(points: list[SystemPoint] | None = None) -> list[dict[str, Any]]:
             "error_pct": error,
             "tolerance_pct": p.tolerance_pct,
             "within": abs(error) <= p.tolerance_pct,
+            "band_low": low,
+            "band_high": high,
+            "in_band": low <= p.published <= high,
             "attribution": p.attribution,
             "hardware": hw.name,
             "phase": p.phase,
@@ -218,3 +246,15 @@ def imbalance_for_ratio(point: SystemPoint, ratio: float, m: Model | None = None
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if f(mid) > ratio * balanced else (lo, mid)
     return 0.5 * (lo + hi)
+
+
+def band_summary(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Coverage (share of published values inside their band, %) and the median band half-width
+    (% of the computed figure: (high − low) / 2 / computed), over `records` from :func:`validate`."""
+    if not records:
+        raise InputError("no validation records to summarize")
+    inside = sum(1 for r in records if r["band_low"] <= r["published"] <= r["band_high"])
+    half = sorted((r["band_high"] - r["band_low"]) / 2.0 / r["computed"] * 100.0 for r in records)
+    n = len(half)
+    median = half[n // 2] if n % 2 else 0.5 * (half[n // 2 - 1] + half[n // 2])
+    return {"points": n, "inside": inside, "coverage_pct": inside / n * 100.0, "median_halfwidth_pct": median}

@@ -25,7 +25,7 @@ from moecalc.errors import InputError
 
 ROOT = Path(__file__).resolve().parent.parent
 MOECALC = Path(sys.executable).parent / "moecalc"
-ROOFLINE_HARDWARE = ("h800", "h20", "h20-3e", "h100", "h200", "b200")
+ROOFLINE_HARDWARE = ("h800", "h20", "h20-3e", "h100", "h200", "b200", "gb200")
 
 
 @pytest.fixture(scope="module")

@@ -130,6 +130,11 @@ class Device:
     scale_up_domain: int
     compute_units: int
     eff: Efficiency
+    expert_flops: float | None = None  # routed-expert grouped GEMMs at the expert dtype's peak; None: grouped_flops
+
+    @property
+    def routed_flops(self) -> float:
+        return self.grouped_flops if self.expert_flops is None else self.expert_flops
 
     def slowed(self, share: float) -> "Device":
         """The device with only `share` of its SMs computing (the rest run communication)."""
@@ -144,18 +149,22 @@ class Device:
             scale_up_domain=self.scale_up_domain,
             compute_units=self.compute_units,
             eff=self.eff,
+            expert_flops=None if self.expert_flops is None else self.expert_flops * share,
         )
 
 
 def device(hw: Hardware, wl: Workload | None = None, weight_dtype: str | None = None) -> Device:
-    """`hw` after its efficiencies, computing GEMMs at the peak of the weight dtype."""
+    """`hw` after its efficiencies, computing GEMMs at the peak of the weight dtype (routed
+    experts at the peak of the workload's expert dtype, e.g. fp4 for nvfp4 experts)."""
     e = efficiency(hw)
     peak = hw.peak(weight_dtype or (wl.weight_dtype if wl is not None else "fp8"))
     bf16 = hw.peak("bf16")
     # decode attention on an FP8 cache runs FlashMLA's FP8 kernel on FP8 tensor cores
     # (deepseek-ai/FlashMLA#54), where the GPU has them; a BF16 cache, at the BF16 peak
     fp8_kv = wl is not None and wl.kv_dtype == "fp8" and "fp8" in hw.peak_flops
+    expert_peak = hw.peak(wl.expert_dtype) if wl is not None and wl.expert_weight_dtype else None
     return Device(
+        expert_flops=None if expert_peak is None else expert_peak * e.grouped_gemm,
         gemm_flops=peak * e.gemm,
         grouped_flops=peak * e.grouped_gemm,
         attention_flops=(hw.peak("fp8") if fp8_kv else bf16) * e.attention,
@@ -492,14 +501,14 @@ def check_layout(m: Model, layout: Layout, redundant_experts: int = 0) -> None:
 def weight_bytes_per_device(m: Model, wl: Workload, layout: Layout, redundant_experts: int = 0, mtp: bool = False,
                             shared_split: bool = False):
     """Weights one device holds. The FP8 checkpoint quantizes the attention, dense-MLP and
-    expert matrices (`weight_dtype`); embedding, LM head, router and norms stay in the
+    expert matrices (`weight_dtype`; routed experts in the workload's `expert_dtype`); embedding, LM head, router and norms stay in the
     activation dtype. MLA down-projections are replicated, the rest split by TP; dense MLPs
     split by TP; routed experts ((E + redundant) / ep copies per EP rank) split by MoE-TP;
     shared experts and router replicated; the embedding replicated, the LM head split by TP.
     With MTP, one more MoE layer and its 2·hidden → hidden projection. `shared_split`: the
     shared experts split by TP too (frameworks that all-reduce the MoE instead of an
     all-to-all kernel)."""
-    wb, ab = dtype_bytes(wl.weight_dtype), dtype_bytes(wl.activation_dtype)
+    wb, ab, eb = dtype_bytes(wl.weight_dtype), dtype_bytes(wl.activation_dtype), dtype_bytes(wl.expert_dtype)
     tp = np.asarray(layout.tp, dtype=float)
     shapes = counts.mla_weight_shapes(m, "plain")
     replicated = sum(i * o for k, (i, o) in shapes.items() if k in ("wq_a", "wkv_a"))
@@ -507,7 +516,8 @@ def weight_bytes_per_device(m: Model, wl: Workload, layout: Layout, redundant_ex
     mla_layer = replicated + split / tp
     experts_here = (m.n_routed_experts + redundant_experts) / np.asarray(layout.ep, dtype=float)
     shared = m.n_shared_experts / (tp if shared_split else 1.0)
-    moe_layer = (experts_here / np.asarray(layout.moe_tp, dtype=float) + shared) * counts.expert_params(m)
+    routed = experts_here / np.asarray(layout.moe_tp, dtype=float) * counts.expert_params(m) * (eb / wb)
+    moe_layer = routed + shared * counts.expert_params(m)  # routed counted in weight-dtype bytes
     extra = m.num_nextn_predict_layers if mtp else 0
     quantized = ((m.num_hidden_layers + extra) * mla_layer + m.n_dense_layers * counts.dense_mlp_params(m) / tp
                  + (m.n_moe_layers + extra) * moe_layer + extra * 2 * m.hidden_size * m.hidden_size)
@@ -617,6 +627,7 @@ class _Ctx:
     slots: object  # routed expert copies per EP rank
     fw: Framework
     overheads: bool = True  # serving's small kernels, launch gaps and the busiest EP rank (off: a seed's accounting)
+    eb: float = 1.0  # routed-expert weight bytes per element (scales included)
 
 
 def _gemm(c: _Ctx, rows, n_in, n_out, flop_rate=None, groups=1.0, w_bytes=None):
@@ -633,10 +644,10 @@ def _swiglu(c: _Ctx, rows, width, groups=1.0):
     return elementwise_time(groups * rows * width * (2.0 * c.ab + c.xb), c.dev)
 
 
-def _mlp(c: _Ctx, rows, hidden, width, flop_rate=None, groups=1.0):
+def _mlp(c: _Ctx, rows, hidden, width, flop_rate=None, groups=1.0, w_bytes=None):
     """gate-up GEMM, SwiGLU, down GEMM (three kernels)."""
-    return (_gemm(c, rows, hidden, 2 * width, flop_rate, groups) + _swiglu(c, rows, width, groups)
-            + _gemm(c, rows, width, hidden, flop_rate, groups))
+    return (_gemm(c, rows, hidden, 2 * width, flop_rate, groups, w_bytes) + _swiglu(c, rows, width, groups)
+            + _gemm(c, rows, width, hidden, flop_rate, groups, w_bytes))
 
 
 def _attention_decode(c: _Ctx, tokens, seqs, q_per_seq, kv_len):
@@ -695,7 +706,7 @@ def _moe(c: _Ctx, tokens, phase: str):
         "gate": _gemm(c, local, m.hidden_size, m.n_routed_experts, w_bytes=c.ab)
         + elementwise_time(local * m.n_routed_experts * FP32_BYTES, c.dev),  # router GEMM + top-k
         "shared_expert": _mlp(c, local, m.hidden_size, m.moe_intermediate_size * m.n_shared_experts),
-        "routed_experts": _mlp(c, pairs / hit, m.hidden_size, width, c.dev.grouped_flops, hit),
+        "routed_experts": _mlp(c, pairs / hit, m.hidden_size, width, c.dev.routed_flops, hit, c.eb),
     }
     copies = local * m.num_experts_per_tok
     kind = c.fw.a2a_decode if phase == "decode" else c.fw.a2a_prefill
@@ -758,6 +769,7 @@ def _context(m: Model, hw: Hardware, wl: Workload, layout: Layout, expert_imbala
         tp=np.asarray(layout.tp, dtype=float), dp=np.asarray(layout.dp, dtype=float),
         moe_tp=np.asarray(layout.moe_tp, dtype=float), ep=ep, imbalance=np.asarray(expert_imbalance, dtype=float),
         slots=(m.n_routed_experts + redundant_experts) / ep, fw=load_framework(framework), overheads=overheads,
+        eb=dtype_bytes(wl.expert_dtype),
     )
 
 
