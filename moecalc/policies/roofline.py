@@ -423,9 +423,11 @@ def _busiest_rank_hits(n_experts: int, topk: int, n_group: int, topk_group: int,
     hits[-1] = np.r_[np.zeros(s), 1.0]
     one = picks @ hits  # (T, s + 1): distinct hits in one group's share of the rank
     dist = one
-    for _ in range(groups_here - 1):  # the rank's other whole groups, independent
-        dist = np.stack([sum(dist[:, i] * one[:, k - i] for i in range(max(0, k - s), min(k, dist.shape[1] - 1) + 1))
-                         for k in range(dist.shape[1] + s)], axis=1)
+    for _ in range(groups_here - 1):  # the rank's other whole groups, independent: convolve
+        out = np.zeros((dist.shape[0], dist.shape[1] + s))
+        for i in range(dist.shape[1]):
+            out[:, i:i + s + 1] += dist[:, i:i + 1] * one
+        dist = out
     cdf = np.clip(np.cumsum(dist, axis=1), 0.0, 1.0)
     return np.sum(1.0 - cdf[:, :-1] ** ranks, axis=1)
 
@@ -441,11 +443,19 @@ def busiest_rank_experts_hit(m: Model, tokens, ranks, slots):
     pairs = np.unique(np.stack([r.ravel(), s.ravel()], axis=1), axis=0)
     for ranks_, slots_ in pairs:  # a handful of EP sizes, not layouts
         sel = (r == ranks_) & (s == slots_)
+        if ranks_ <= 1:  # one rank: the busiest is the mean one
+            out[sel] = expected_experts_hit(m, t[sel], slots_)
+            continue
         ts = t[sel]
         lo, hi = np.floor(ts), np.ceil(ts)  # whole tokens; a fractional count (half a batch) interpolates
         uniq, inverse = np.unique(np.concatenate([lo, hi]), return_inverse=True)
-        vals = _busiest_rank_hits(m.n_routed_experts, m.num_experts_per_tok, m.n_group, m.topk_group, uniq,
-                                  int(ranks_), float(slots_))[inverse.ravel()]
+        # past the point where a group's every expert is hit almost surely, every rank reads all it holds
+        full = uniq * m.topk_group / m.n_group > 4 * _MAX_PICKS
+        vals = np.full(uniq.shape, float(round(slots_)) if slots_ >= 1 else 1.0)
+        if np.any(~full):
+            vals[~full] = _busiest_rank_hits(m.n_routed_experts, m.num_experts_per_tok, m.n_group, m.topk_group,
+                                             uniq[~full], int(ranks_), float(slots_))
+        vals = vals[inverse.ravel()]
         v_lo, v_hi = vals[:ts.size], vals[ts.size:]
         out[sel] = v_lo + (ts - lo) * (v_hi - v_lo)
     return out if out.ndim else float(out)
