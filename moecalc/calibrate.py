@@ -145,8 +145,11 @@ def _deepep(point: KernelPoint, dev: rl.Device, model, normal: bool) -> tuple[fl
 def _overhead(point: KernelPoint, dev: rl.Device) -> float:
     """Seconds of one overhead term at the point's conditions."""
     kind = point.kernel
-    if kind == "all_reduce":  # ranks, bytes: one all-reduce of `bytes` over `ranks` devices
-        return float(rl.all_reduce_time(1.0, float(_cond(point, "bytes")), float(_cond(point, "ranks")), dev, 1.0))
+    if kind == "all_reduce":  # ranks, bytes: one all-reduce of `bytes` over `ranks` devices (NCCL, or a framework's own)
+        from .frameworks import load_framework
+
+        fw = load_framework(point.conditions["framework"]) if "framework" in point.conditions else None
+        return float(rl.all_reduce_time(1.0, float(_cond(point, "bytes")), float(_cond(point, "ranks")), dev, 1.0, fw))
     if kind == "small_kernel":  # bytes moved by one memory-bound kernel, and the gap before it
         return float(rl.elementwise_time(float(_cond(point, "bytes")), dev)) + dev.eff.launch_gap
     if kind == "launch_gap":

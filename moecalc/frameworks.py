@@ -68,6 +68,12 @@ FRAMEWORK_SPEC = Spec(
             "decode": _entry("str"),
             "prefill": _entry("str"),
         }),
+        # the framework's own one-shot all-reduce inside an NVLink domain, for small messages
+        "custom_all_reduce": Spec("map", required=False, children={
+            "latency_two_us": _entry("number"),
+            "latency_node_us": _entry("number"),
+            "max_kib": _entry("number"),
+        }),
     },
 )
 
@@ -92,6 +98,9 @@ class Framework:
     a2a_decode: str
     a2a_prefill: str
     sources: Mapping[str, str] = field(default_factory=dict)
+    custom_ar_two: float = 0.0  # seconds, the one-shot all-reduce's floor on 2 GPUs (0: NCCL only)
+    custom_ar_node: float = 0.0  # seconds, on a whole scale-up domain
+    custom_ar_max_bytes: float = 0.0  # messages above this go to NCCL
 
     # ------------------------------------------------------------ memory
 
@@ -155,8 +164,9 @@ def load_framework(name_or_path: str | os.PathLike[str] | Framework | None = Non
         if kind not in A2A_KINDS:
             raise _fail(path, f"all_to_all.{phase}.value", f"must be one of {', '.join(A2A_KINDS)}, got {kind!r}")
     max_batch = _value(d, "cuda_graph", "max_batch")
-    sources = {f"{s}.{k}": e["source"] for s in ("memory", "cuda_graph", "scheduler", "all_to_all")
-               for k, e in d[s].items() if e is not None}
+    sections = ("memory", "cuda_graph", "scheduler", "all_to_all", "custom_all_reduce")
+    sources = {f"{s}.{k}": e["source"] for s in sections for k, e in (d[s] or {}).items() if e is not None}
+    car = d["custom_all_reduce"] or {}
     return Framework(
         key=path.stem, path=path, name=d["name"], version=d["version"],
         memory_rule=rule, memory_fraction=_value(d, "memory", "fraction"),
@@ -168,6 +178,9 @@ def load_framework(name_or_path: str | os.PathLike[str] | Framework | None = Non
         host_step=_value(d, "scheduler", "host_step_us") * US,
         a2a_decode=_value(d, "all_to_all", "decode"), a2a_prefill=_value(d, "all_to_all", "prefill"),
         sources=sources,
+        custom_ar_two=car["latency_two_us"]["value"] * US if car else 0.0,
+        custom_ar_node=car["latency_node_us"]["value"] * US if car else 0.0,
+        custom_ar_max_bytes=car["max_kib"]["value"] * 1024.0 if car else 0.0,
     )
 
 

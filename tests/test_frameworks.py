@@ -291,3 +291,20 @@ def test_a_profile_that_makes_the_step_free_is_refused(m, wl):
     with pytest.raises(InputError, match=r"step time of 0 s"):
         rl.decode(m, free, wl, rl.Layout(tp=1, dp=8, moe_tp=1, ep=8, batch=8), 1024,
                   framework=frameworks.Framework(**{**frameworks.load_framework("sglang").__dict__, "host_step": 0.0}))
+
+
+def test_framework_custom_all_reduce_inside_a_node():
+    """SGLang's own one-shot all-reduce (sgl-project/sglang#2904, H100): 3.7 µs on 2 GPUs,
+    5.9 µs on 8 for a tiny message, plus the 7 copies each GPU reads over NVLink at
+    450 GB/s × 0.70; the framework takes it where it beats NCCL. Beyond 1 MiB, or across
+    nodes, NCCL's path as before."""
+    dev = rl.device(profiles.load_hardware("h100"))
+    sgl = frameworks.load_framework("sglang")
+    assert float(rl.all_reduce_time(1, 512, 8, dev, 1.0, sgl)) == pytest.approx(7 * 512 / (450e9 * 0.7) + 5.9e-6)
+    assert float(rl.all_reduce_time(1, 512, 2, dev, 1.0, sgl)) == pytest.approx(512 / (450e9 * 0.7) + 3.7e-6)
+    mib = 1024 * 1024  # here NCCL's ring (2 × 7/8 of it over NVLink + 12.5 µs) is the faster, and is taken
+    assert float(rl.all_reduce_time(1, mib, 8, dev, 1.0, sgl)) == pytest.approx(
+        min(7 * mib / (450e9 * 0.7) + 5.9e-6, 2 * 7 / 8 * mib / (450e9 * 0.7) + 12.5e-6))
+    big = 4 * mib
+    assert float(rl.all_reduce_time(1, big, 8, dev, 1.0, sgl)) == pytest.approx(float(rl.all_reduce_time(1, big, 8, dev, 1.0)))
+    assert float(rl.all_reduce_time(1, 512, 16, dev, 1.0, sgl)) == pytest.approx(float(rl.all_reduce_time(1, 512, 16, dev, 1.0)))

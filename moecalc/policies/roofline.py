@@ -266,13 +266,18 @@ def all_reduce_latency(n, dev: Device):
     return np.where(n > d, inter, two + (node - two) * share)
 
 
-def all_reduce_time(tokens, hidden: int, tp, dev: Device, bytes_per_element: float = 2.0):
+def all_reduce_time(tokens, hidden: int, tp, dev: Device, bytes_per_element: float = 2.0,
+                    fw: Framework | None = None):
     """All-reduce of tokens × hidden across tp devices (0 at tp = 1). Inside a scale-up domain
     a ring: each device sends and receives 2 (tp − 1) / tp of the message over the scale-up
     link. Across domains NCCL's hierarchical path: reduce-scatter and all-gather inside each
     domain (scale-up link), and between domains only each device's 1/d share of the message,
     2 (N − 1) / N of it over its scale-out link (N domains of d devices). Plus the latency
-    floor for the group's size and span (:func:`all_reduce_latency`)."""
+    floor for the group's size and span (:func:`all_reduce_latency`). A framework with its
+    own one-shot all-reduce (``custom_all_reduce``) may use it inside a domain for messages
+    up to its limit, where it is the faster: every device reads the other tp − 1 copies over
+    the scale-up link, after a floor that rises with log2(tp) from its two-GPU to its
+    whole-domain figure."""
     tp = np.asarray(tp, dtype=float)
     message = tokens * hidden * bytes_per_element
     d = np.minimum(tp, dev.scale_up_domain)
@@ -280,6 +285,12 @@ def all_reduce_time(tokens, hidden: int, tp, dev: Device, bytes_per_element: flo
     intra = 2.0 * (d - 1.0) / d * message / dev.scale_up_bandwidth
     inter = np.where(nodes > 1, 2.0 * (nodes - 1.0) / nodes * message / d / dev.scale_out_bandwidth, 0.0)
     t = intra + inter + all_reduce_latency(tp, dev)
+    if fw is not None and fw.custom_ar_max_bytes > 0:
+        domain = np.maximum(np.asarray(dev.scale_up_domain, dtype=float), 2.0)
+        share = np.clip(np.log2(np.maximum(tp, 2.0) / 2.0) / np.maximum(np.log2(domain / 2.0), 1e-9), 0.0, 1.0)
+        one_shot = (tp - 1.0) * message / dev.scale_up_bandwidth + fw.custom_ar_two + (fw.custom_ar_node
+                                                                                        - fw.custom_ar_two) * share
+        t = np.where((tp <= domain) & (message <= fw.custom_ar_max_bytes), np.minimum(one_shot, t), t)
     return np.where(tp > 1, t, 0.0)
 
 
@@ -676,7 +687,7 @@ def _attention_decode(c: _Ctx, tokens, seqs, q_per_seq, kv_len):
         "attention": mla_decode_time(seqs, q_per_seq, kv_len, h, m, c.kvb, c.ab, c.dev),
         "o_absorb": _gemm(c, tokens, h * m.kv_lora_rank, m.v_head_dim, c.dev.attention_flops, w_bytes=bf16),
         "o_proj": _gemm(c, tokens, h * m.v_head_dim, m.hidden_size),
-        "all_reduce": all_reduce_time(tokens, m.hidden_size, c.tp, c.dev, c.ab),
+        "all_reduce": all_reduce_time(tokens, m.hidden_size, c.tp, c.dev, c.ab, c.fw),
     }
 
 
@@ -696,7 +707,7 @@ def _attention_prefill(c: _Ctx, tokens, seqs, q_len, kv_len):
                                        + tokens * m.kv_cache_dim * c.kvb, c.dev),
         "attention": attention_prefill_time(pairs, tokens, kv_tokens, h, m.qk_head_dim, m.v_head_dim, c.ab, c.dev),
         "o_proj": _gemm(c, tokens, h * m.v_head_dim, m.hidden_size),
-        "all_reduce": all_reduce_time(tokens, m.hidden_size, c.tp, c.dev, c.ab),
+        "all_reduce": all_reduce_time(tokens, m.hidden_size, c.tp, c.dev, c.ab, c.fw),
     }
 
 
@@ -752,7 +763,7 @@ def _dense(c: _Ctx, tokens):
     return {
         "mlp_norm": _norm(c, tokens, m.hidden_size),
         "dense_mlp": _mlp(c, tokens, m.hidden_size, m.intermediate_size / c.tp),
-        "all_reduce_mlp": all_reduce_time(tokens, m.hidden_size, c.tp, c.dev, c.ab),
+        "all_reduce_mlp": all_reduce_time(tokens, m.hidden_size, c.tp, c.dev, c.ab, c.fw),
     }
 
 
