@@ -123,6 +123,9 @@ def test_trtllm_answers_what_sglangs_memory_rule_refuses(m, wl, h200):
         rl.check_fits(sgl, h200, "batch 75")
     trt = rl.decode(m, h200, bf16, lay, 8192, framework="trtllm")
     rl.check_fits(trt, h200, "batch 75")  # no error
+    rl.check_fits(sgl, h200, "batch 75", framework="trtllm")  # the same step under TensorRT-LLM's rule: fits
+    with pytest.raises(InputError, match=r"under SGLang 0\.5\.23's memory rule"):
+        rl.check_fits(trt, h200, "batch 75", framework="sglang")
     assert float(rl.max_batch(m, h200, bf16, lay, 8192, framework="trtllm")) > 75 > float(
         rl.max_batch(m, h200, bf16, lay, 8192, framework="sglang"))
     # and through the command line

@@ -1012,11 +1012,18 @@ def mfu(step, hw: Hardware, wl: Workload):
     return step.flops_per_device / time / hw.peak(wl.weight_dtype)
 
 
-def check_fits(step: "DecodeStep | PrefillPass", hw: Hardware, what: str) -> None:
-    """One error, saying by how much, when a scalar step's weights and KV do not fit."""
-    need, have = float(np.max(step.memory_bytes)), float(np.min(step.memory_usable))
+def check_fits(step: "DecodeStep | PrefillPass", hw: Hardware, what: str,
+               framework: Framework | str | None = None) -> None:
+    """One error, saying by how much, when a scalar step's weights and KV do not fit: under
+    the memory rule of the framework the step was computed with, or of `framework` if given."""
+    need = float(np.max(step.memory_bytes))
+    if framework is None:
+        have, name = float(np.min(step.memory_usable)), step.framework
+    else:
+        fw = load_framework(framework)
+        have, name = float(np.min(usable_memory(hw, fw, step.weight_bytes))), f"{fw.name} {fw.version}"
     if need > have:
-        under = f" under {step.framework}'s memory rule" if step.framework else ""
+        under = f" under {name}'s memory rule" if name else ""
         raise InputError(
             f"{what} does not fit on {hw.name}: it needs {need / 1e9:.1f} GB per device (weights "
             f"{float(np.max(step.weight_bytes)) / 1e9:.1f} GB + KV cache {float(np.max(step.kv_bytes)) / 1e9:.1f} GB), "
