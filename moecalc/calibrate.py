@@ -26,7 +26,11 @@ from .policies import roofline as rl
 
 KERNELS_FILE = PARAMS_DIR / "measurements" / "kernels.yaml"
 MODEL = "deepseek-v3"  # DeepEP's and FlashMLA's tests use DeepSeek-V3's hidden size, experts and top-k
-KERNELS = ("gemm", "grouped_gemm", "mla_decode", "attention_prefill", "deepep_normal", "deepep_low_latency")
+KERNELS = ("gemm", "grouped_gemm", "mla_decode", "attention_prefill", "deepep_normal", "deepep_low_latency",
+           "all_reduce", "small_kernel", "launch_gap", "host_step", "eager_launch")
+# The overhead terms: a small all-reduce (nccl-tests), a small memory-bound kernel (its floor
+# and the launch gap before it), the gap itself, and the framework's host time per step and
+# host launch per kernel outside a CUDA graph (conditions name the framework profile).
 METRICS = ("tflops", "gb_s", "us")
 _REQUIRED = ("id", "hardware", "kernel", "conditions", "metric", "measured", "tolerance_pct", "source")
 
@@ -138,12 +142,31 @@ def _deepep(point: KernelPoint, dev: rl.Device, model, normal: bool) -> tuple[fl
     return t, 0.0, tokens * hit * bpt
 
 
+def _overhead(point: KernelPoint, dev: rl.Device) -> float:
+    """Seconds of one overhead term at the point's conditions."""
+    kind = point.kernel
+    if kind == "all_reduce":  # ranks, bytes: one all-reduce of `bytes` over `ranks` devices
+        return float(rl.all_reduce_time(1.0, float(_cond(point, "bytes")), float(_cond(point, "ranks")), dev, 1.0))
+    if kind == "small_kernel":  # bytes moved by one memory-bound kernel, and the gap before it
+        return float(rl.elementwise_time(float(_cond(point, "bytes")), dev)) + dev.eff.launch_gap
+    if kind == "launch_gap":
+        return dev.eff.launch_gap
+    from .frameworks import load_framework
+
+    fw = load_framework(_cond(point, "framework"))
+    return fw.host_step if kind == "host_step" else fw.eager_launch
+
+
 def model_value(point: KernelPoint, hw=None, model=None) -> float:
     """The roofline model's figure for `point`, in the point's metric."""
     hw = hw or load_hardware(point.hardware)
     model = model or load_model(MODEL)
     dev = rl.device(hw, weight_dtype="fp8")
     kind = point.kernel
+    if kind in ("all_reduce", "small_kernel", "launch_gap", "host_step", "eager_launch"):
+        if point.metric != "us":
+            raise InputError(f"kernel point {point.id}: a {kind} point is a time; use us")
+        return _overhead(point, dev) * 1e6
     if kind in ("gemm", "grouped_gemm"):
         t, flops, nbytes = _gemm(point, dev, kind == "grouped_gemm")
     elif kind == "mla_decode":

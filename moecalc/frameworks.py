@@ -169,3 +169,13 @@ def load_framework(name_or_path: str | os.PathLike[str] | Framework | None = Non
         a2a_decode=_value(d, "all_to_all", "decode"), a2a_prefill=_value(d, "all_to_all", "prefill"),
         sources=sources,
     )
+
+
+# A framework that adds nothing around the kernels: all of the device's memory, every batch in
+# a graph, no host time. For policies that reproduce a seed's own accounting (seed002).
+NEUTRAL = Framework(
+    key="neutral", path=Path("(none)"), name="no framework", version="-", memory_rule="total", memory_fraction=1.0,
+    reserved_bytes=0.0, graph_max_batch=2**31, graph_max_batch_tp4=2**31, graph_required=False, eager_launch=0.0,
+    overlap_scheduler=True, host_step=0.0, a2a_decode="deepep_low_latency", a2a_prefill="deepep_normal",
+)
+

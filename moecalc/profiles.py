@@ -200,12 +200,18 @@ EFFICIENCY_FIELDS: dict[str, tuple[str, str]] = {
     "attention_prefill": ("fraction", "prefill attention-core FLOP/s (causal, FlashAttention-style), of the BF16 peak"),
     "comm_sms": ("count", "SMs the prefill all-to-all kernels take from compute while they overlap it"),
     "mma_tile_rows": ("count", "rows of the smallest tensor-core tile: GEMM rows are padded up to a multiple"),
+    "launch_gap_us": ("latency", "idle time before each kernel inside a CUDA graph, µs"),
+    "all_reduce_latency_node_us": ("latency", "fixed cost of one small all-reduce over a whole scale-up domain, µs"),
+    "all_reduce_latency_internode_us": ("latency", "fixed cost of one small all-reduce across two scale-up domains, µs"),
 }
 # Entries a profile may leave out, and what their absence means: no such effect.
 EFFICIENCY_OPTIONAL = {
     "attention_prefill": "the decode `attention` fraction",
     "comm_sms": "0 SMs",
     "mma_tile_rows": "1 row (no padding)",
+    "launch_gap_us": "no gap",
+    "all_reduce_latency_node_us": "the two-device all_reduce_latency_us",
+    "all_reduce_latency_internode_us": "the whole-domain latency",
 }
 _EFFICIENCY_ENTRY = {
     "fraction": Spec("map", children={"value": Spec("fraction", upper=1), "source": Spec("str")}),

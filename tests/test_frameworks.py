@@ -188,11 +188,106 @@ def test_allgather_reducescatter_by_hand(m, wl):
     """vLLM's default MoE path at attention TP8, EP8 on one H200 node, 64 sequences: no
     gather (one DP rank holds every token), then the expert outputs reduce-scattered over the
     8 GPUs and gathered back inside the TP group: (7/8 + 7/8) × 64 × 7168 × 2 B over NVLink at
-    450 GB/s × 0.70, plus the all-reduce floor."""
+    450 GB/s × 0.70, plus the 8-GPU all-reduce floor (12.5 µs, nccl-tests on 8 H20, DeepEP#303)."""
     hw = profiles.load_hardware("h200")
     s = rl.decode(m, hw, wl, rl.Layout(tp=8, dp=1, moe_tp=1, ep=8, batch=64), 2048, framework="vllm")
-    floor = rl.efficiency(hw).all_reduce_latency
     assert float(s.moe_layer["dispatch"]) == 0.0
-    expected = (7 / 8 + 7 / 8) * 64 * 7168 * 2 / (450e9 * 0.70) + floor
+    # the op also pays one launch gap (1 µs) inside the CUDA graph
+    expected = (7 / 8 + 7 / 8) * 64 * 7168 * 2 / (450e9 * 0.70) + 12.5e-6 + 1e-6
     assert float(s.moe_layer["combine"]) == pytest.approx(expected, rel=1e-9)
     assert "a2a_kernels" not in s.moe_layer
+
+
+# ---------------------------------------------------------------- overheads in the roofline (issue 12, items 2-6)
+
+
+def test_kernels_per_moe_layer_and_their_gaps(m, wl):
+    """SGLang's DeepSeek decode layer runs 32 kernels (the trace's D4 table: 15 attention, 5
+    router, the MoE's GEMMs, activations, quantizations and the low-latency send/receive
+    halves); the roofline prices 21 and adds 11 small ones. Each of the 32 pays the 1 µs
+    launch gap inside a CUDA graph, each of the 11 a 3.2 µs kernel floor: with EP1 at TP1 (no
+    communication) a MoE layer is 32 × 1 + 11 × 3.2 = 67.2 µs slower than without them."""
+    import dataclasses
+
+    hw = profiles.load_hardware("h800")
+    assert sum(rl.KERNELS[k] for k in ("attn_norm", "qkv_a_proj", "q_b_proj", "q_absorb", "rope_cache", "attention",
+                                       "o_absorb", "o_proj", "moe_norm", "gate", "shared_expert", "routed_experts",
+                                       "a2a_kernels")) == 21
+    assert sum(rl.EXTRA_KERNELS.values()) == 11
+    bare = dict(hw.efficiency)
+    bare["launch_gap_us"] = {"value": 0.0, "source": "test"}
+    lay = rl.Layout(tp=1, dp=1, moe_tp=1, ep=1, batch=8)
+    with_gaps = rl.decode(m, hw, wl, lay, 1024)
+    no_gaps = rl.decode(m, dataclasses.replace(hw, efficiency=bare), wl, lay, 1024)
+    ops = [k for k, v in with_gaps.moe_layer.items() if float(v) > 0]
+    n_kernels = sum(rl.KERNELS[k] + rl.EXTRA_KERNELS.get(k, 0) for k in ops)
+    assert n_kernels == 21 + 11  # at EP1 the transfers vanish, the four send/receive kernels still run
+    diff = sum(float(with_gaps.moe_layer[k]) - float(no_gaps.moe_layer[k]) for k in ops)
+    assert diff == pytest.approx(n_kernels * 1e-6, rel=1e-9)
+
+
+def test_all_reduce_latency_grows_with_group_and_span():
+    """nccl-tests floors: 6 µs on 2 GPUs (nccl#1259), 12.5 µs on a full 8-GPU node
+    (DeepEP#303), 47 µs across two nodes over InfiniBand (nccl#1244); 4 GPUs halfway in
+    log2: 6 + (12.5 − 6) / 2 = 9.25 µs."""
+    dev = rl.device(profiles.load_hardware("h200"))
+    lat = rl.all_reduce_latency(np.array([2, 4, 8, 16]), dev) * 1e6
+    assert lat == pytest.approx([6.0, 9.25, 12.5, 47.0])
+    # TP16 over two nodes: only each GPU's 1/8 of the message crosses its NIC, twice (N − 1) / N
+    msg = 64 * 7168 * 2
+    t = float(rl.all_reduce_time(64, 7168, 16, dev, 2.0))
+    intra = 2 * 7 / 8 * msg / dev.scale_up_bandwidth
+    inter = 2 * (2 - 1) / 2 * msg / 8 / dev.scale_out_bandwidth
+    assert t == pytest.approx(intra + inter + 47e-6, rel=1e-9)
+
+
+def test_fp8_kv_runs_decode_attention_on_fp8_tensor_cores(m, wl):
+    """FlashMLA's FP8 kernel (deepseek-ai/FlashMLA#54) on an FP8 cache: H20's 148 TFLOPS BF16
+    and 296 FP8 peaks, so compute-bound MLA (128 heads, 2 query tokens) takes half the time."""
+    hw = profiles.load_hardware("h20")
+    bf16 = profiles.Workload(**{**wl.__dict__, "kv_dtype": "bf16"})
+    fp8 = profiles.Workload(**{**wl.__dict__, "kv_dtype": "fp8"})
+    assert rl.device(hw, fp8).attention_flops == pytest.approx(2 * rl.device(hw, bf16).attention_flops)
+    lay = rl.Layout(tp=1, dp=8, moe_tp=1, ep=8, batch=48)
+    a16 = float(rl.decode(m, hw, bf16, lay, 4096, 1.7).moe_layer["attention"])
+    a8 = float(rl.decode(m, hw, fp8, lay, 4096, 1.7).moe_layer["attention"])
+    assert a8 < a16 and (a16 - a8) / a16 > 0.3
+
+
+def test_mtp_drafts_with_its_own_head_per_draft_token(m, wl):
+    """Each draft token runs the MTP module: its projection (2 · 7,168 → 7,168), one MoE layer
+    and the LM head again; two draft tokens cost twice the one-draft module."""
+    hw = profiles.load_hardware("h800")
+    lay = rl.Layout(tp=1, dp=16, moe_tp=1, ep=16, batch=16)
+    no = rl.decode(m, hw, wl, lay, 2048)
+    d1 = rl.decode(m, hw, wl, lay, 2048, 1.7, 1)
+    d2 = rl.decode(m, hw, wl, lay, 2048, 2.4, 2)
+    assert float(d1.head) > 2 * float(no.head)  # the target head on 2 tokens plus the draft's head and layer
+    target1 = float(rl._head(rl._context(m, hw, wl, lay, 1.0, 0), 32))
+    target2 = float(rl._head(rl._context(m, hw, wl, lay, 1.0, 0), 48))
+    assert float(d2.head) - target2 == pytest.approx(2 * (float(d1.head) - target1), rel=1e-9)
+
+
+def test_shared_expert_split_by_tp_on_the_allgather_path(m, wl, h200):
+    """vLLM/TensorRT-LLM split the shared expert by TP: at TP8 each GPU holds 1/8 of it, so
+    7/8 × 3 × 7,168 × 2,048 FP8 bytes less per MoE layer (58 of them) than SGLang's replica."""
+    lay = rl.Layout(tp=8, dp=1, moe_tp=1, ep=8, batch=8)
+    sgl = rl.decode(m, h200, wl, lay, 1024, framework="sglang")
+    vll = rl.decode(m, h200, wl, lay, 1024, framework="vllm")
+    assert float(sgl.weight_bytes - vll.weight_bytes) == pytest.approx(58 * 7 / 8 * 3 * 7168 * 2048)
+
+
+def test_a_profile_that_makes_the_step_free_is_refused(m, wl):
+    import dataclasses
+
+    hw = profiles.load_hardware("h800")
+    free = dataclasses.replace(hw, memory_bandwidth=float("inf"), peak_flops={"fp8": float("inf"), "bf16": float("inf")},
+                               scale_up_bandwidth=float("inf"), scale_out_bandwidth=float("inf"))
+    e = {k: dict(v) for k, v in hw.efficiency.items()}
+    for k in e:
+        if k.endswith("_us"):
+            e[k]["value"] = 0.0
+    free = dataclasses.replace(free, efficiency=e)
+    with pytest.raises(InputError, match=r"step time of 0 s"):
+        rl.decode(m, free, wl, rl.Layout(tp=1, dp=8, moe_tp=1, ep=8, batch=8), 1024,
+                  framework=frameworks.Framework(**{**frameworks.load_framework("sglang").__dict__, "host_step": 0.0}))

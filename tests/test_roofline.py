@@ -199,6 +199,37 @@ def test_expected_units_hit_matches_simulated_routing(m, units):
     assert 1.0 <= exact <= min(units, k)
 
 
+def _monte_carlo_busiest_rank(e, k, groups, top_groups, ep, tokens, trials=1500, seed=1):
+    """The largest number of distinct experts any EP rank holds that `tokens` tokens hit,
+    averaged over random routings (DeepSeek-V3's group-limited top-k on random scores)."""
+    rng = np.random.default_rng(seed)
+    scores = rng.random((trials * tokens, e))
+    group_best = scores.reshape(-1, groups, e // groups).max(axis=2)
+    chosen = np.argsort(-group_best, axis=1)[:, :top_groups]
+    mask = np.zeros(group_best.shape, dtype=bool)
+    np.put_along_axis(mask, chosen, True, axis=1)
+    masked = np.where(np.repeat(mask, e // groups, axis=1), scores, -1.0)
+    experts = np.argsort(-masked, axis=1)[:, :k].reshape(trials, tokens * k)
+    hit = np.zeros((trials, e), dtype=bool)
+    np.put_along_axis(hit, experts, True, axis=1)
+    return hit.reshape(trials, ep, e // ep).sum(axis=2).max(axis=1).mean()
+
+
+@pytest.mark.parametrize("ep, tokens", [(8, 4), (16, 2), (16, 20), (32, 64), (2, 4)])
+def test_busiest_rank_reads_the_most_experts(m, ep, tokens):
+    """The step waits for the EP rank that reads the most distinct experts: against a
+    simulation of the routing (the issue's figures: EP8 at 4 tokens ≈ 7.2 experts where the
+    mean is 3.8; EP16 at 2 tokens 3.4 ×; EP16 at 20 tokens 1.5 ×)."""
+    e, k, g, tg = m.n_routed_experts, m.num_experts_per_tok, m.n_group, m.topk_group
+    got = rl.busiest_rank_experts_hit(m, tokens, ep, e / ep)
+    simulated = _monte_carlo_busiest_rank(e, k, g, tg, ep, tokens)
+    assert got == pytest.approx(simulated, rel=0.12)
+    assert got >= float(rl.expected_experts_hit(m, tokens, e / ep)) - 1e-9
+    # vectorized: arrays of token counts and EP sizes give the scalar answers
+    arr = rl.busiest_rank_experts_hit(m, np.array([[tokens], [tokens * 3]]), np.array([[ep], [ep]]), e / ep)
+    assert arr[0, 0] == pytest.approx(got) and arr[1, 0] >= got
+
+
 def test_node_limited_routing_bounds_rdma(m):
     # while each node holds whole expert groups (up to n_group = 8 nodes), a token reaches at
     # most topk_group = 4 nodes: RDMA copies per token stop growing with EP (the point of
@@ -385,7 +416,9 @@ def test_decode_is_bandwidth_bound_and_prefill_compute_bound(m, wl):
     more_bw, more_flops = _faster(hw, "memory_bandwidth"), _faster(hw, "peak")
     lay = rl.Layout(tp=1, dp=32, moe_tp=1, ep=32, batch=16, tbo=False)
     base = rl.decode(m, hw, wl, lay, 4096).step_time
-    assert rl.decode(m, more_bw, wl, lay, 4096).step_time < rl.decode(m, more_flops, wl, lay, 4096).step_time < base
+    # (with seed 003's FP8 cache the attention runs on FP8 tensor cores and is memory-bound too,
+    # so more FLOPS may not help decode at all)
+    assert rl.decode(m, more_bw, wl, lay, 4096).step_time < rl.decode(m, more_flops, wl, lay, 4096).step_time <= base
     base = rl.prefill(m, hw, wl, lay, 16384, 8192, 0.0).time
     assert rl.prefill(m, more_flops, wl, lay, 16384, 8192, 0.0).time < rl.prefill(m, more_bw, wl, lay, 16384, 8192,
                                                                                     0.0).time < base

@@ -59,16 +59,23 @@ class Efficiency:
     scale_up: float
     scale_out: float
     kernel_latency: float  # seconds
-    all_reduce_latency: float
+    all_reduce_latency: float  # seconds, two devices
     dispatch_latency: float
     tbo_overhead: float
     comm_sms: int
     mma_tile_rows: int
+    launch_gap: float = 0.0  # seconds between consecutive kernels of a CUDA graph
+    all_reduce_latency_node: float = 0.0  # seconds, a whole scale-up domain (0: as two devices)
+    all_reduce_latency_internode: float = 0.0  # seconds, across two domains (0: as one domain)
+    compute_memory_overlap: float = 1.0  # 1: a kernel takes max(compute, memory); 0: their sum
     sources: Mapping[str, str] = field(default_factory=dict)
 
 
 # What an optional entry means when a profile leaves it out (see profiles.EFFICIENCY_OPTIONAL).
-_ABSENT = {"comm_sms": 0, "mma_tile_rows": 1}
+# `compute_memory_overlap` is no hardware-profile field but a policy's opinion: the roofline's
+# is 1 (a kernel takes the longer of its compute and memory time); seed002 passes 0 (added).
+_ABSENT = {"comm_sms": 0, "mma_tile_rows": 1, "launch_gap_us": 0.0, "all_reduce_latency_node_us": 0.0,
+           "all_reduce_latency_internode_us": 0.0, "compute_memory_overlap": 1.0}
 
 
 def efficiency(hw: Hardware) -> Efficiency:
@@ -98,6 +105,10 @@ def efficiency(hw: Hardware) -> Efficiency:
         tbo_overhead=value("tbo_overhead_us"),
         comm_sms=int(value("comm_sms")),
         mma_tile_rows=int(value("mma_tile_rows")),
+        launch_gap=value("launch_gap_us"),
+        all_reduce_latency_node=value("all_reduce_latency_node_us"),
+        all_reduce_latency_internode=value("all_reduce_latency_internode_us"),
+        compute_memory_overlap=value("compute_memory_overlap"),
         sources={k: v["source"] for k, v in e.items() if v},
     )
 
@@ -149,11 +160,14 @@ def device(hw: Hardware, wl: Workload | None = None, weight_dtype: str | None = 
     peak = hw.peak(weight_dtype or (wl.weight_dtype if wl is not None else "fp8"))
     bf16 = hw.peak("bf16")
     expert_peak = hw.peak(wl.expert_dtype) if wl is not None and wl.expert_weight_dtype else None
+    # decode attention on an FP8 cache runs FlashMLA's FP8 kernel on FP8 tensor cores
+    # (deepseek-ai/FlashMLA#54), where the GPU has them; a BF16 cache, at the BF16 peak
+    fp8_kv = wl is not None and wl.kv_dtype == "fp8" and "fp8" in hw.peak_flops
     return Device(
         expert_flops=None if expert_peak is None else expert_peak * e.grouped_gemm,
         gemm_flops=peak * e.gemm,
         grouped_flops=peak * e.grouped_gemm,
-        attention_flops=bf16 * e.attention,
+        attention_flops=(hw.peak("fp8") if fp8_kv else bf16) * e.attention,
         prefill_attention_flops=bf16 * e.attention_prefill,
         memory_bandwidth=hw.memory_bandwidth * e.memory,
         scale_up_bandwidth=hw.scale_up_bandwidth * e.scale_up,
@@ -183,10 +197,14 @@ def gemm_input_bytes(weight_dtype: str, activation_dtype: str) -> float:
 
 
 def op_time(flops, nbytes, flop_rate: float, dev: Device, write_bytes=0.0):
-    """Roofline time of one kernel: compute- or memory-bound, plus its floor. `write_bytes`
+    """Roofline time of one kernel: compute- or memory-bound, plus its floor (with a policy's
+    ``compute_memory_overlap`` below 1, that share of the shorter time is not hidden). `write_bytes`
     are written after the main loop (a GEMM's output tile leaves once its sum is done), so
     they add to the time instead of overlapping it."""
-    t = np.maximum(np.divide(flops, flop_rate), np.divide(nbytes, dev.memory_bandwidth))
+    compute, memory = np.divide(flops, flop_rate), np.divide(nbytes, dev.memory_bandwidth)
+    t = np.maximum(compute, memory)
+    if dev.eff.compute_memory_overlap < 1.0:  # the part of the shorter one not hidden adds (DS_TPU §7.3's form)
+        t = t + (1.0 - dev.eff.compute_memory_overlap) * np.minimum(compute, memory)
     if np.ndim(write_bytes) or write_bytes:
         w = np.divide(write_bytes, dev.memory_bandwidth)
         t = np.add(t, w, out=t) if isinstance(t, np.ndarray) and t.shape == np.shape(w) else t + w
@@ -235,14 +253,33 @@ def attention_prefill_time(pairs, tokens, kv_tokens, heads, qk_dim: int, v_dim: 
 # ---------------------------------------------------------------- communication
 
 
+def all_reduce_latency(n, dev: Device):
+    """Fixed cost of one small all-reduce over n devices (nccl-tests latencies): the
+    two-device figure, rising with log2(n) to the whole-domain figure, and the cross-domain
+    figure once the group spans scale-up domains (NVLink, then InfiniBand)."""
+    n = np.asarray(n, dtype=float)
+    e = dev.eff
+    two, node = e.all_reduce_latency, e.all_reduce_latency_node or e.all_reduce_latency
+    inter = e.all_reduce_latency_internode or node
+    d = np.maximum(np.asarray(dev.scale_up_domain, dtype=float), 2.0)  # an array under seed 002's two-level switch
+    share = np.clip(np.log2(np.maximum(n, 2.0) / 2.0) / np.maximum(np.log2(d / 2.0), 1e-9), 0.0, 1.0)
+    return np.where(n > d, inter, two + (node - two) * share)
+
+
 def all_reduce_time(tokens, hidden: int, tp, dev: Device, bytes_per_element: float = 2.0):
-    """Ring all-reduce of tokens × hidden across tp devices (0 at tp = 1): each device sends
-    and receives 2 (tp − 1) / tp of the message, inside a scale-up domain over the scale-up
-    link, beyond it over the scale-out link."""
+    """All-reduce of tokens × hidden across tp devices (0 at tp = 1). Inside a scale-up domain
+    a ring: each device sends and receives 2 (tp − 1) / tp of the message over the scale-up
+    link. Across domains NCCL's hierarchical path: reduce-scatter and all-gather inside each
+    domain (scale-up link), and between domains only each device's 1/d share of the message,
+    2 (N − 1) / N of it over its scale-out link (N domains of d devices). Plus the latency
+    floor for the group's size and span (:func:`all_reduce_latency`)."""
     tp = np.asarray(tp, dtype=float)
     message = tokens * hidden * bytes_per_element
-    bw = np.where(tp <= dev.scale_up_domain, dev.scale_up_bandwidth, dev.scale_out_bandwidth)
-    t = 2.0 * (tp - 1.0) / tp * message / bw + dev.eff.all_reduce_latency
+    d = np.minimum(tp, dev.scale_up_domain)
+    nodes = np.maximum(tp / dev.scale_up_domain, 1.0)
+    intra = 2.0 * (d - 1.0) / d * message / dev.scale_up_bandwidth
+    inter = np.where(nodes > 1, 2.0 * (nodes - 1.0) / nodes * message / d / dev.scale_out_bandwidth, 0.0)
+    t = intra + inter + all_reduce_latency(tp, dev)
     return np.where(tp > 1, t, 0.0)
 
 
@@ -276,9 +313,9 @@ def allgather_reducescatter_time(tokens, hidden: int, tp, dp, dispatch_bytes: fl
     dp = np.asarray(dp, dtype=float)
     n = tp * dp
     bw = np.where(n <= dev.scale_up_domain, dev.scale_up_bandwidth, dev.scale_out_bandwidth)
-    gather = (dp - 1.0) * tokens * hidden * dispatch_bytes / bw + dev.eff.all_reduce_latency
-    reduce = ((n - 1.0) / n * dp * tokens + (tp - 1.0) / tp * tokens) * hidden * combine_bytes / bw \
-        + dev.eff.all_reduce_latency
+    floor = all_reduce_latency(n, dev)
+    gather = (dp - 1.0) * tokens * hidden * dispatch_bytes / bw + floor
+    reduce = ((n - 1.0) / n * dp * tokens + (tp - 1.0) / tp * tokens) * hidden * combine_bytes / bw + floor
     return np.where(dp > 1, gather, 0.0), np.where(n > 1, reduce, 0.0)
 
 
@@ -348,6 +385,72 @@ def expected_experts_hit(m: Model, tokens, experts_per_device):
     return experts_per_device * (1.0 - miss)
 
 
+_MAX_PICKS = 160  # tokens picking one group beyond which each of its experts is hit (miss < 1e-4)
+
+
+def _log_binom_pmf(n, p, ks):
+    """log P(K = ks) for K ~ Binomial(n, p), n an array (…, 1), ks a row 0..K (no scipy)."""
+    n = np.asarray(n, dtype=float)
+    i = np.arange(1, ks.size, dtype=float)
+    steps = np.log(np.maximum(n - i + 1.0, 1e-300)) - np.log(i)  # log C(n, k) by running sums
+    log_comb = np.concatenate([np.zeros(steps.shape[:-1] + (1,)), np.cumsum(steps, axis=-1)], axis=-1)
+    with np.errstate(divide="ignore"):
+        out = log_comb + ks * np.log(p) + (n - ks) * np.log1p(-p)
+    return np.where(ks <= n, out, -np.inf)
+
+
+def _busiest_rank_hits(n_experts: int, topk: int, n_group: int, topk_group: int, tokens, ranks: int,
+                       slots: float):
+    """Expected largest number of distinct routed experts any of `ranks` EP ranks holds that
+    `tokens` tokens (an array) hit, under group-limited routing on balanced scores: each token
+    picks topk_group of n_group groups (uniformly) and, in each picked group, each expert with
+    probability (topk / topk_group) / experts-per-group. A rank holds `slots` experts, whole
+    groups or part of one. Given the n tokens that picked a group, its experts on the rank are
+    hit independently; n is Binomial(tokens, topk_group / n_group) per group, groups
+    independent, ranks independent: E[max] = Σ_d (1 − F(d)^ranks)."""
+    tokens = np.asarray(tokens, dtype=float).ravel()  # whole numbers of tokens
+    per_group = n_experts / n_group
+    in_group = max(min(slots, per_group), 1.0)  # the rank's experts in one group
+    groups_here = max(int(round(slots / per_group)), 1) if slots >= per_group else 1
+    s = int(round(in_group))
+    n = np.arange(0, _MAX_PICKS + 1, dtype=float)
+    picks = np.exp(_log_binom_pmf(tokens[:, None], topk_group / n_group, n[None, :]))  # (T, n)
+    picks[:, -1] += np.maximum(1.0 - picks.sum(axis=1), 0.0)  # the tail beyond _MAX_PICKS: every expert hit
+    q = 1.0 - (1.0 - (topk / topk_group) / per_group) ** n  # an expert hit, given n picks of its group
+    d = np.arange(s + 1, dtype=float)
+    hits = np.exp(_log_binom_pmf(np.full((n.size, 1), float(s)), np.clip(q, 1e-300, 1 - 1e-16)[:, None], d[None, :]))
+    hits[0] = np.r_[1.0, np.zeros(s)]  # no pick, no hit
+    hits[-1] = np.r_[np.zeros(s), 1.0]
+    one = picks @ hits  # (T, s + 1): distinct hits in one group's share of the rank
+    dist = one
+    for _ in range(groups_here - 1):  # the rank's other whole groups, independent
+        dist = np.stack([sum(dist[:, i] * one[:, k - i] for i in range(max(0, k - s), min(k, dist.shape[1] - 1) + 1))
+                         for k in range(dist.shape[1] + s)], axis=1)
+    cdf = np.clip(np.cumsum(dist, axis=1), 0.0, 1.0)
+    return np.sum(1.0 - cdf[:, :-1] ** ranks, axis=1)
+
+
+def busiest_rank_experts_hit(m: Model, tokens, ranks, slots):
+    """Vectorized :func:`_busiest_rank_hits` for the model's routing: the distinct routed
+    experts the busiest of `ranks` EP ranks (each holding `slots` expert copies) reads when
+    the EP group routes `tokens` tokens. One matrix product per distinct (ranks, slots) over
+    every token count, so a search over millions of layouts stays fast."""
+    t, r, s = np.broadcast_arrays(np.asarray(tokens, dtype=float), np.asarray(ranks, dtype=float),
+                                  np.asarray(slots, dtype=float))
+    out = np.zeros(t.shape)
+    pairs = np.unique(np.stack([r.ravel(), s.ravel()], axis=1), axis=0)
+    for ranks_, slots_ in pairs:  # a handful of EP sizes, not layouts
+        sel = (r == ranks_) & (s == slots_)
+        ts = t[sel]
+        lo, hi = np.floor(ts), np.ceil(ts)  # whole tokens; a fractional count (half a batch) interpolates
+        uniq, inverse = np.unique(np.concatenate([lo, hi]), return_inverse=True)
+        vals = _busiest_rank_hits(m.n_routed_experts, m.num_experts_per_tok, m.n_group, m.topk_group, uniq,
+                                  int(ranks_), float(slots_))[inverse.ravel()]
+        v_lo, v_hi = vals[:ts.size], vals[ts.size:]
+        out[sel] = v_lo + (ts - lo) * (v_hi - v_lo)
+    return out if out.ndim else float(out)
+
+
 # ---------------------------------------------------------------- layouts
 
 
@@ -395,13 +498,16 @@ def check_layout(m: Model, layout: Layout, redundant_experts: int = 0) -> None:
 # ---------------------------------------------------------------- memory
 
 
-def weight_bytes_per_device(m: Model, wl: Workload, layout: Layout, redundant_experts: int = 0, mtp: bool = False):
+def weight_bytes_per_device(m: Model, wl: Workload, layout: Layout, redundant_experts: int = 0, mtp: bool = False,
+                            shared_split: bool = False):
     """Weights one device holds. The FP8 checkpoint quantizes the attention, dense-MLP and
     expert matrices (`weight_dtype`; routed experts in the workload's `expert_dtype`); embedding, LM head, router and norms stay in the
     activation dtype. MLA down-projections are replicated, the rest split by TP; dense MLPs
     split by TP; routed experts ((E + redundant) / ep copies per EP rank) split by MoE-TP;
     shared experts and router replicated; the embedding replicated, the LM head split by TP.
-    With MTP, one more MoE layer and its 2·hidden → hidden projection."""
+    With MTP, one more MoE layer and its 2·hidden → hidden projection. `shared_split`: the
+    shared experts split by TP too (frameworks that all-reduce the MoE instead of an
+    all-to-all kernel)."""
     wb, ab, eb = dtype_bytes(wl.weight_dtype), dtype_bytes(wl.activation_dtype), dtype_bytes(wl.expert_dtype)
     tp = np.asarray(layout.tp, dtype=float)
     shapes = counts.mla_weight_shapes(m, "plain")
@@ -409,8 +515,9 @@ def weight_bytes_per_device(m: Model, wl: Workload, layout: Layout, redundant_ex
     split = sum(i * o for k, (i, o) in shapes.items() if k not in ("wq_a", "wkv_a"))
     mla_layer = replicated + split / tp
     experts_here = (m.n_routed_experts + redundant_experts) / np.asarray(layout.ep, dtype=float)
-    routed = experts_here / np.asarray(layout.moe_tp, dtype=float) * counts.expert_params(m) * (eb / wb)
-    moe_layer = routed + m.n_shared_experts * counts.expert_params(m)  # routed counted in weight-dtype bytes
+    shared = m.n_shared_experts / (tp if shared_split else 1.0)
+    routed = experts_here / np.asarray(layout.moe_tp, dtype=float) * (eb / wb)  # in weight-dtype bytes
+    moe_layer = (routed + shared) * counts.expert_params(m)
     extra = m.num_nextn_predict_layers if mtp else 0
     quantized = ((m.num_hidden_layers + extra) * mla_layer + m.n_dense_layers * counts.dense_mlp_params(m) / tp
                  + (m.n_moe_layers + extra) * moe_layer + extra * 2 * m.hidden_size * m.hidden_size)
@@ -446,8 +553,9 @@ def max_batch(m: Model, hw: Hardware, wl: Workload, layout: Layout, kv_len, redu
     ``max_batch / tp`` of them. `kv_bytes_per_token` (all layers, MTP's included if any)
     overrides the workload's KV dtype, e.g. for an FP8 cache with its scales
     (:func:`moecalc.counts.kv_format_bytes_per_token`). Arrays broadcast over layouts."""
-    weights = weight_bytes_per_device(m, wl, layout, redundant_experts, mtp)
-    usable = usable_memory(hw, framework, weights)
+    fw = load_framework(framework)
+    weights = weight_bytes_per_device(m, wl, layout, redundant_experts, mtp, fw.a2a_decode == "allgather_reducescatter")
+    usable = usable_memory(hw, fw, weights)
     if memory_cap is not None:
         usable = np.minimum(usable, float(memory_cap))
     free = usable - weights
@@ -518,6 +626,7 @@ class _Ctx:
     imbalance: object
     slots: object  # routed expert copies per EP rank
     fw: Framework
+    overheads: bool = True  # serving's small kernels, launch gaps and the busiest EP rank (off: a seed's accounting)
     eb: float = 1.0  # routed-expert weight bytes per element (scales included)
 
 
@@ -588,7 +697,9 @@ def _moe(c: _Ctx, tokens, phase: str):
     local = tokens / c.tp  # tokens each device routes (reduce-scatter after TP attention)
     total = tokens * c.dp  # tokens in the whole EP group
     pairs = total * m.num_experts_per_tok / c.ep * c.imbalance  # token-expert pairs on the busiest EP rank
-    hit = np.maximum(expected_experts_hit(m, total, c.slots), 1e-9)
+    # the step waits for the busiest EP rank: the most distinct experts any rank reads
+    hit = busiest_rank_experts_hit(m, total, c.ep, c.slots) if c.overheads else expected_experts_hit(m, total, c.slots)
+    hit = np.maximum(hit, 1e-9)
     width = m.moe_intermediate_size / c.moe_tp
     ops = {
         "moe_norm": _norm(c, local, m.hidden_size),
@@ -602,6 +713,9 @@ def _moe(c: _Ctx, tokens, phase: str):
     if kind == "allgather_reducescatter":  # no all-to-all kernel: NCCL collectives over the EP group
         ops["dispatch"], ops["combine"] = allgather_reducescatter_time(tokens, m.hidden_size, c.tp, c.dp,
                                                                        c.dispatch_bytes, c.combine_bytes, c.dev)
+        # the shared expert is split like the attention (TP): every token, 1/tp of its width
+        # (same FLOPs as a replicated expert on tokens / tp, 1/tp of its weights read)
+        ops["shared_expert"] = _mlp(c, tokens, m.hidden_size, m.moe_intermediate_size * m.n_shared_experts / c.tp)
     elif kind == "deepep_low_latency":  # low-latency kernels: one message per expert copy
         ranks = c.ep * c.moe_tp
         # their send and receive halves run on the compute stream (the transfer in between
@@ -641,7 +755,7 @@ def _head(c: _Ctx, tokens):
 
 
 def _context(m: Model, hw: Hardware, wl: Workload, layout: Layout, expert_imbalance, redundant_experts: int,
-             framework: Framework | str | None = None) -> _Ctx:
+             framework: Framework | str | None = None, overheads: bool = True) -> _Ctx:
     if np.any(np.asarray(expert_imbalance) < 1.0):
         raise InputError(f"expert imbalance is max/mean load per EP rank, so ≥ 1; got {expert_imbalance}")
     if redundant_experts < 0:
@@ -654,7 +768,7 @@ def _context(m: Model, hw: Hardware, wl: Workload, layout: Layout, expert_imbala
         dispatch_bytes=wire_bytes(wl.dispatch_dtype), combine_bytes=wire_bytes(wl.combine_dtype),
         tp=np.asarray(layout.tp, dtype=float), dp=np.asarray(layout.dp, dtype=float),
         moe_tp=np.asarray(layout.moe_tp, dtype=float), ep=ep, imbalance=np.asarray(expert_imbalance, dtype=float),
-        slots=(m.n_routed_experts + redundant_experts) / ep, fw=load_framework(framework),
+        slots=(m.n_routed_experts + redundant_experts) / ep, fw=load_framework(framework), overheads=overheads,
         eb=dtype_bytes(wl.expert_dtype),
     )
 
@@ -673,6 +787,31 @@ KERNELS = {
     "mlp_norm": 1, "dense_mlp": 3, "all_reduce_mlp": 1,
 }
 _NO_KERNEL_OF_ITS_OWN = {"deepep_low_latency": ("dispatch", "combine")}
+# Small kernels a serving engine launches around those, each paying a kernel floor: counted in
+# DeepSeek-V3's decode layer as SGLang runs it (per-kernel trace of DeepSeek's H800 decode
+# profile with its SGLang/B200 counterpart, zdszero.github.io 'deepseek_profile', D4 table):
+# the q_a / kv_a RMSNorm (rmsnorm_split_col), the FP8 quantization before q_b and before
+# o_proj (per_token_group_quant_fp8), three more rotary kernels (elementwise, unrolled and
+# index elementwise), the copy before o_proj, the router's split-K reduce and score
+# distribution, the up/gate output copy (vectorized_elementwise) and the quantization under
+# the combine. 21 priced + 11 here = 32 kernels per MoE layer.
+EXTRA_KERNELS = {"attn_norm": 1, "q_b_proj": 1, "rope_cache": 3, "o_proj": 2, "gate": 2, "routed_experts": 1,
+                 "shared_expert": 1}
+
+
+def _graph_overheads(ops: Mapping[str, object], c: "_Ctx", skip=()) -> dict:
+    """Each op plus what its kernels cost beyond their own time: the small kernels it also
+    launches (:data:`EXTRA_KERNELS`, a kernel floor each) and the launch gap before every
+    kernel inside a CUDA graph (``launch_gap_us``)."""
+    e = c.dev.eff
+    if not c.overheads:
+        return dict(ops)
+    out = {}
+    for k, v in ops.items():
+        runs = np.asarray(v) > 0
+        n = KERNELS.get(k, 1) * (k not in skip) + EXTRA_KERNELS.get(k, 0)
+        out[k] = v + runs * (EXTRA_KERNELS.get(k, 0) * e.kernel_latency + n * e.launch_gap)
+    return out
 
 
 def kernels(ops: Mapping[str, object], c: "_Ctx | None" = None):
@@ -744,6 +883,7 @@ def decode(
     expert_imbalance=1.0,
     redundant_experts: int = 0,
     framework: Framework | str | None = None,
+    overheads: bool = True,
 ) -> DecodeStep:
     """One decode step of `layout.batch` sequences per attention DP rank at KV length kv_len.
 
@@ -754,14 +894,16 @@ def decode(
     (EPLB), held (E + redundant) / ep per EP rank. ``framework`` (a profile name, path or
     :class:`~moecalc.frameworks.Framework`; default SGLang) sets the memory rule, the CUDA
     graph limit above which the host launches every kernel, the host time per step and the
-    MoE all-to-all."""
+    MoE all-to-all. ``overheads=False`` drops what serving adds around the priced kernels
+    (small kernels, launch gaps) and reads the mean EP rank's experts instead of the
+    busiest's: a seed's own accounting."""
     if not mtp_accept >= 1.0 or not math.isfinite(mtp_accept):
         raise InputError(f"MTP acceptance is accepted tokens per step, ≥ 1; got {mtp_accept}")
     mtp = mtp_accept > 1.0
     per_seq = 1.0 + mtp_draft if mtp else 1.0
     if mtp_accept > per_seq:
         raise InputError(f"MTP acceptance {mtp_accept:g} exceeds the {per_seq:g} tokens a step verifies")
-    c = _context(m, hw, wl, layout, expert_imbalance, redundant_experts, framework)
+    c = _context(m, hw, wl, layout, expert_imbalance, redundant_experts, framework, overheads)
     batch = np.asarray(layout.batch, dtype=float)
     tbo = np.asarray(layout.tbo, dtype=bool)
     kv = np.asarray(kv_len, dtype=float)
@@ -769,16 +911,23 @@ def decode(
     graph = c.fw.in_graph(batch, c.tp)
     skip = _NO_KERNEL_OF_ITS_OWN.get(c.fw.a2a_decode, ())
 
+    def layer(seqs, q_per_seq):
+        tokens = seqs * q_per_seq
+        attn = _attention_decode(c, tokens, seqs, q_per_seq, kv)
+        dense = _graph_overheads({**attn, **_dense(c, tokens)}, c, skip)
+        moe = _graph_overheads({**attn, **_moe(c, tokens, "decode")}, c, skip)
+        return _eager(dense, graph, c.fw.eager_launch, skip), _eager(moe, graph, c.fw.eager_launch, skip)
+
     def step(seqs):
         """(dense layer ops, MoE layer ops, head) for `seqs` sequences per attention DP rank."""
-        tokens = seqs * per_seq
-        attn = _attention_decode(c, tokens, seqs, per_seq, kv)
-        dense = {**attn, **_dense(c, tokens)}
-        moe = {**attn, **_moe(c, tokens, "decode")}
-        head = _head(c, tokens)
-        if mtp:  # the MTP module: hidden and embedding concatenated, projected, one MoE layer
-            head = head + _total(moe) + _gemm(c, tokens, 2 * m.hidden_size, m.hidden_size)
-        dense, moe = _eager(dense, graph, c.fw.eager_launch, skip), _eager(moe, graph, c.fw.eager_launch, skip)
+        dense, moe = layer(seqs, per_seq)
+        head = _head(c, seqs * per_seq)
+        if mtp:  # the MTP module drafts each token: embedding and hidden state concatenated and
+            # projected, one MoE layer, and its own pass through the (shared) LM head, on one
+            # token per sequence, once per draft token (DeepSeek-V3 report §2.2)
+            _, draft = layer(seqs, 1.0)
+            head = head + mtp_draft * (_total(draft) + _gemm(c, seqs, 2 * m.hidden_size, m.hidden_size)
+                                       + _head(c, seqs))
         return dense, moe, head
 
     nd, nm = m.n_dense_layers, m.n_moe_layers
@@ -790,13 +939,15 @@ def decode(
                 + 2.0 * h2)
     # the host's work per step (scheduling, output processing) beside or after the GPU's
     serial, tbo_time = c.fw.step_time(serial), c.fw.step_time(tbo_time)
+    _check_time(serial, hw, c.fw)
+    _check_time(tbo_time, hw, c.fw)
 
     # FLOPs the step needs per device (for MFU): absorbed MLA, wkv_a on the new tokens only.
     tokens = batch * per_seq
     mla = counts.mla_flops(m, tokens, kv, 1.0, "absorbed") + 2.0 * tokens * m.hidden_size * m.kv_cache_dim
     moe_ffn = counts.expert_flops(m, tokens * (m.num_experts_per_tok + m.n_shared_experts))
     flops = (nm * (mla + moe_ffn) + nd * (mla + counts.dense_mlp_flops(m, tokens)) + counts.lm_head_flops(m, tokens)) / c.tp
-    weights = weight_bytes_per_device(m, wl, layout, redundant_experts, mtp)
+    weights = weight_bytes_per_device(m, wl, layout, redundant_experts, mtp, c.fw.a2a_decode == "allgather_reducescatter")
     return DecodeStep(
         dense_layer=dense,
         moe_layer=moe,
@@ -817,6 +968,15 @@ def decode(
         framework=f"{c.fw.name} {c.fw.version}",
         in_graph=graph,
     )
+
+
+def _check_time(t, hw: Hardware, fw: Framework) -> None:
+    """One error when the profiles make a step take no time or an infinite one."""
+    t = np.asarray(t, dtype=float)
+    if not np.all(np.isfinite(t)) or np.any(t <= 0):
+        raise InputError(f"{hw.path} with {fw.path}: the profiles give a step time of "
+                         f"{float(t.flat[int(np.argmin(np.where(np.isfinite(t), t, -1)))]):g} s; check their "
+                         "efficiencies, floors and overheads")
 
 
 def tokens_per_s_per_device(step: DecodeStep, layout: Layout):
@@ -925,8 +1085,8 @@ def prefill(
         tokens = tokens_dev * cc.tp  # tokens of the attention DP rank
         seqs = tokens / q
         attn = _attention_prefill(cc, tokens, seqs, q, L)
-        dense = {**attn, **_dense(cc, tokens)}
-        moe = {**attn, **_moe(cc, tokens, "prefill")}
+        dense = _graph_overheads({**attn, **_dense(cc, tokens)}, cc)
+        moe = _graph_overheads({**attn, **_moe(cc, tokens, "prefill")}, cc)
         return dense, moe, _head(cc, seqs)  # the LM head runs on each prompt's last token
 
     nd, nm = m.n_dense_layers, m.n_moe_layers
@@ -950,7 +1110,8 @@ def prefill(
     moe_ffn = counts.expert_flops(m, tokens * (m.num_experts_per_tok + m.n_shared_experts))
     flops = (nm * (mla + moe_ffn) + nd * (mla + counts.dense_mlp_flops(m, tokens)) + counts.lm_head_flops(m, seqs)) / c.tp
     kv = kv_bytes_per_device(m, wl, seqs, L)
-    weights = weight_bytes_per_device(m, wl, layout, redundant_experts)
+    weights = weight_bytes_per_device(m, wl, layout, redundant_experts,
+                                      shared_split=c.fw.a2a_prefill == "allgather_reducescatter")
     return PrefillPass(
         dense_layer=dense,
         moe_layer=moe,
