@@ -150,3 +150,22 @@ def test_mixed_corners_move_a_compute_over_communication_ratio(model, workload):
     tput = lambda h: rl.decode(model, h, workload, lay, 2000).tokens_per_s_per_user  # noqa: E731
     assert bands.band(tput, hw, spread) == pytest.approx(
         (float(tput(bands.at(hw, "low", spread))), float(tput(bands.at(hw, "high", spread)))))
+
+
+def test_a_missing_band_rule_is_one_clear_error(tmp_path, monkeypatch):
+    import yaml
+
+    from moecalc import calibrate
+    from moecalc.errors import InputError
+
+    data = yaml.safe_load(calibrate.KERNELS_FILE.read_text(encoding="utf-8"))
+    data["band_rule"].pop("min_points")
+    bad = tmp_path / "kernels.yaml"
+    bad.write_text(yaml.safe_dump(data), encoding="utf-8")
+    monkeypatch.setattr(calibrate, "KERNELS_FILE", bad)
+    bands._calibration.cache_clear()
+    try:
+        with pytest.raises(InputError, match="band_rule"):
+            bands.spreads(profiles.load_hardware("h800"))
+    finally:
+        bands._calibration.cache_clear()

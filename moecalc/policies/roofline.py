@@ -159,10 +159,10 @@ def device(hw: Hardware, wl: Workload | None = None, weight_dtype: str | None = 
     e = efficiency(hw)
     peak = hw.peak(weight_dtype or (wl.weight_dtype if wl is not None else "fp8"))
     bf16 = hw.peak("bf16")
+    expert_peak = hw.peak(wl.expert_dtype) if wl is not None and wl.expert_weight_dtype else None
     # decode attention on an FP8 cache runs FlashMLA's FP8 kernel on FP8 tensor cores
     # (deepseek-ai/FlashMLA#54), where the GPU has them; a BF16 cache, at the BF16 peak
     fp8_kv = wl is not None and wl.kv_dtype == "fp8" and "fp8" in hw.peak_flops
-    expert_peak = hw.peak(wl.expert_dtype) if wl is not None and wl.expert_weight_dtype else None
     return Device(
         expert_flops=None if expert_peak is None else expert_peak * e.grouped_gemm,
         gemm_flops=peak * e.gemm,
@@ -537,8 +537,8 @@ def weight_bytes_per_device(m: Model, wl: Workload, layout: Layout, redundant_ex
     mla_layer = replicated + split / tp
     experts_here = (m.n_routed_experts + redundant_experts) / np.asarray(layout.ep, dtype=float)
     shared = m.n_shared_experts / (tp if shared_split else 1.0)
-    routed = experts_here / np.asarray(layout.moe_tp, dtype=float) * counts.expert_params(m) * (eb / wb)
-    moe_layer = routed + shared * counts.expert_params(m)  # routed counted in weight-dtype bytes
+    routed = experts_here / np.asarray(layout.moe_tp, dtype=float) * (eb / wb)  # in weight-dtype bytes
+    moe_layer = (routed + shared) * counts.expert_params(m)
     extra = m.num_nextn_predict_layers if mtp else 0
     quantized = ((m.num_hidden_layers + extra) * mla_layer + m.n_dense_layers * counts.dense_mlp_params(m) / tp
                  + (m.n_moe_layers + extra) * moe_layer + extra * 2 * m.hidden_size * m.hidden_size)
