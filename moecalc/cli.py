@@ -113,6 +113,8 @@ def cmd_flops(args: argparse.Namespace) -> int:
         "gate": counts.gate_flops(m, 1),
         "lm_head": counts.lm_head_flops(m, 1),
     }
+    if m.sparse:  # DeepSeek Sparse Attention: the indexer scores every cached key
+        flops["indexer"] = counts.indexer_flops(m, 1, kv)
     kv_bytes = {d: counts.kv_bytes_per_token(m, b) for d, b in DTYPE_BYTES.items() if d in ("bf16", "fp8")}
     data = {
         "model": m.name,
@@ -153,7 +155,9 @@ def cmd_flops(args: argparse.Namespace) -> int:
                 ["KV dtype", "bytes per token (all layers)", "KiB"],
                 [(d, b, b / 1024) for d, b in kv_bytes.items()],
                 digits=2,
-                title="KV cache: (kv_lora_rank + qk_rope_head_dim) per layer, no scales",
+                title="KV cache: (kv_lora_rank + qk_rope_head_dim) per layer, no scales"
+                + (f", plus the indexer's FP8 keys ({counts.index_cache_bytes_per_token(m, 1):g} B per layer)"
+                   if m.sparse else ""),
             ),
         ]
         return "\n".join(out)
