@@ -445,9 +445,16 @@ def layer_traffic(
         kv = 0 * core
         act = batch * (q_len * h * (m.qk_head_dim + m.v_head_dim) + kv_len * h * (m.qk_head_dim + m.v_head_dim)) * act_bpe
     else:
-        kv = batch * kv_len * m.kv_cache_dim * kv_bpe
+        # sparse attention beyond top-k: each query gathers its own top-k latents
+        keys = (np.where(np.asarray(kv_len) > m.index_topk, q_len * m.index_topk, kv_len) if m.sparse else kv_len)
+        kv = batch * keys * m.kv_cache_dim * kv_bpe
         act = t * h * (m.kv_cache_dim + m.kv_lora_rank) * act_bpe
     ops["attention"] = Traffic(flops=core, weight_bytes=0 * core, kv_bytes=kv, activation_bytes=act)
+    if m.sparse:  # the lightning indexer's logits: every cached index key once per sequence, FP32 logits out
+        logits = batch * indexer_ops(m, q_len, kv_len)["index_logits"]
+        ops["indexer"] = Traffic(flops=logits, weight_bytes=0 * logits,
+                                 kv_bytes=batch * kv_len * index_cache_bytes_per_token(m, 1),
+                                 activation_bytes=batch * q_len * kv_len * dtype_bytes("fp32"))
     ops["gate"] = gemm_traffic(t, m.hidden_size, m.n_routed_experts, weight_bpe, act_bpe)
     ops["shared_expert"] = gemm_traffic(t, m.hidden_size, 3 * m.moe_intermediate_size, weight_bpe, act_bpe,
                                         m.n_shared_experts)
