@@ -415,6 +415,12 @@ def check_layout(m: Model, layout: Layout, redundant_experts: int = 0) -> None:
         raise InputError(f"MoE TP {moe_tp} does not divide the expert width {m.moe_intermediate_size}")
 
 
+def fewest_redundant_experts(m: Model, ep) -> int:
+    """The fewest extra expert copies that make the routed experts divide over `ep` ranks
+    (0 when they already do): e.g. 32 for 256 experts on EP144, 48 for 384."""
+    return int((-m.n_routed_experts) % int(ep))
+
+
 # ---------------------------------------------------------------- memory
 
 
