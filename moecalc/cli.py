@@ -515,6 +515,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     data = {"hardware": hw.name, "model": m.name, "workload": wl.name, **result.summary(args.top)}
     if args.csv:
         data["csv"] = {"path": args.csv, "rows": result.write_csv(args.csv)}
+    if args.emit:
+        from .cli_launch import emit_for
+
+        data["launch"] = emit_for(args.emit, m, hw, data["best"])
 
     def text() -> str:
         slo = data["min_tokens_per_user"]
@@ -537,6 +541,8 @@ def cmd_search(args: argparse.Namespace) -> int:
             out += ["", report.table(cols, rows, digits=2, title="best per device count")]
         if args.csv:
             out += ["", f"wrote {data['csv']['rows']:,} layouts to {args.csv}"]
+        if args.emit:
+            out += ["", f"{args.emit} launch command(s) for the best layout (one per node):", *data["launch"]["commands"]]
         return "\n".join(out)
 
     return _emit(args, data, text)
@@ -660,6 +666,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--moe-tp", type=positive_int_list, help="only these MoE TP sizes")
     p.add_argument("--tbo", default="both", choices=["both", "on", "off"], help="two-batch overlap (default: both)")
     p.add_argument("--kv-len", type=positive_int, help="KV length per sequence (default: the workload's average)")
+
+    p.add_argument("--emit", choices=["sglang", "vllm"], help="also print the launch command(s) for the best layout")
+    from . import cli_launch  # launch commands in and out (moecalc/cli_launch.py)
+
+    cli_launch.register(sub, command)
 
     command("validate", cmd_validate, "the roofline policy against every published system-level figure")
     command("calibrate", cmd_calibrate, "the roofline op functions against every published kernel figure")

@@ -111,6 +111,8 @@ def _class_annotations(tree: ast.Module, cls: str) -> dict[str, str]:
 
 def vllm_flags(engine_source: str, frontend_source: str) -> dict[str, dict]:
     flags: dict[str, dict] = {}
+    # make_arg_parser's own flags (--headless, --api-server-count, --config), SGLang's rule
+    flags.update(sglang_flags(frontend_source))
     tree = ast.parse(engine_source)
     fields = _class_annotations(tree, "EngineArgs")
     for node in ast.walk(tree):
@@ -157,7 +159,7 @@ def main(framework: str, wheel: str, version: str) -> None:
             paths = ("vllm/engine/arg_utils.py", "vllm/entrypoints/openai/cli_args.py")
             flags = vllm_flags(*(z.read(p).decode() for p in paths))
             sources = [f"{paths[0]} (EngineArgs.add_cli_args, kinds from class EngineArgs) in {Path(wheel).name}",
-                       f"{paths[1]} (FrontendArgs: vllm serve's own flags)"]
+                       f"{paths[1]} (FrontendArgs and make_arg_parser: vllm serve's own flags)"]
         else:
             raise SystemExit(f"unknown framework {framework!r}")
     data = {"framework": framework, "version": version, "sources": sources,
