@@ -18,6 +18,16 @@ MS = 1e3
 GB = 1e9
 
 
+def framework_for(L):
+    """The framework profile (params/framework/<name>.yaml) with the command's own memory
+    fraction and largest CUDA-graph batch: what the roofline's memory and graph rules use."""
+    from .frameworks import load_framework
+
+    fw = load_framework(L.framework)
+    graph = max(L.graph_bs) if L.graph_bs else fw.graph_max_batch
+    return replace(fw, memory_fraction=L.mem_fraction, graph_max_batch=graph, graph_max_batch_tp4=graph)
+
+
 def memory(L, m, hw, wl) -> dict[str, Any]:
     """Weights, KV pool and the tokens it holds per attention-DP rank under the command's
     memory fraction (every TP rank of a group holds the whole group's cache)."""
@@ -26,8 +36,8 @@ def memory(L, m, hw, wl) -> dict[str, Any]:
 
     mtp = L.spec_draft_tokens > 0
     redundant = L.flags.get("--ep-num-redundant-experts", 0) or 0
-    usable = L.mem_fraction * hw.memory_bytes
     weights = float(roofline.weight_bytes_per_device(m, wl, L.layout.roofline(), redundant, mtp))
+    usable = float(framework_for(L).usable_memory(hw.memory_device_bytes, weights))
     layers = m.num_hidden_layers + (m.num_nextn_predict_layers if mtp else 0)
     per_token = counts.kv_format_bytes_per_token(m, L.kv_dtype, layers=layers)
     pool = usable - weights
@@ -58,7 +68,7 @@ def estimate(L, m, hw, wl, kv_len: int, mtp_accept: float, prompt_len: int | Non
             raise InputError(f"no request of {kv_len:,} tokens fits in the KV pool of {mem['kv_pool_gb']:.1f} GB")
         accept = mtp_accept if L.spec_draft_tokens else 1.0
         step = roofline.decode(m, hw, wl, L.layout.roofline(batch=batch), kv_len, accept, max(L.spec_draft_tokens, 1),
-                               redundant_experts=redundant)
+                               redundant_experts=redundant, framework=framework_for(L))
         t = float(np.minimum(step.step_time_no_overlap, step.step_time_tbo))
         out["decode"] = {"batch_per_rank": int(batch), "kv_len": kv_len, "accepted_tokens_per_step": accept,
                          "step_ms": t * MS, "tpot_ms": t / accept * MS, "tokens_per_s_per_user": accept / t,
@@ -67,7 +77,8 @@ def estimate(L, m, hw, wl, kv_len: int, mtp_accept: float, prompt_len: int | Non
     if L.role in ("prefill", "mixed"):
         chunk = L.chunk_per_rank or 8192
         p = roofline.prefill(m, hw, wl, L.layout.roofline(), chunk / L.layout.attention_tp,
-                             prompt_len=prompt_len or wl.prompt_len, redundant_experts=redundant)
+                             prompt_len=prompt_len or wl.prompt_len, redundant_experts=redundant,
+                             framework=framework_for(L))
         t = float(np.minimum(p.time_no_overlap, p.time_tbo))
         out["prefill"] = {"tokens_per_rank": chunk, "prompt_len": prompt_len or wl.prompt_len, "forward_ms": t * MS,
                           "tokens_per_s_per_device": chunk / L.layout.attention_tp / t,

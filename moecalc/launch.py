@@ -3,9 +3,9 @@
 ``parse`` reads a launch command (the tokens after ``--``, or a shell text with line
 continuations, ``export K=V`` lines and SGLang-recipe-style ```# comment``` tokens), checks
 every flag against the framework's own argument definitions at a stated version
-(``params/framework/<framework>-args.yaml``, extracted from its wheel by
+(``params/framework/launch/<framework>-args.yaml``, extracted from its wheel by
 ``tools/extract_framework_args.py``), and applies the framework's rules
-(``params/framework/<framework>-launch.yaml`` for its constants; each rule below names the
+(``params/framework/launch/<framework>-rules.yaml`` for its constants; each rule below names the
 function of the framework it follows) to give:
 
 * the layout: attention TP × DP, MoE TP × EP, dense-FFN TP, LM head split or data-parallel,
@@ -45,14 +45,14 @@ def flag_definitions(framework: str) -> Mapping[str, Any]:
     """The framework's flags as its own parser defines them (version, sources, flags)."""
     if framework not in FRAMEWORKS:
         raise InputError(f"unknown framework {framework!r} (known: {', '.join(FRAMEWORKS)})")
-    return read_yaml(PARAMS_DIR / "framework" / f"{framework}-args.yaml")
+    return read_yaml(PARAMS_DIR / "framework" / "launch" / f"{framework}-args.yaml")
 
 
 @lru_cache(maxsize=None)
 def rules(framework: str) -> Mapping[str, Any]:
-    """The constants and defaults the framework's code applies (its launch YAML)."""
+    """The constants and defaults the framework's code applies (its rules YAML)."""
     flag_definitions(framework)
-    return read_yaml(PARAMS_DIR / "framework" / f"{framework}-launch.yaml")
+    return read_yaml(PARAMS_DIR / "framework" / "launch" / f"{framework}-rules.yaml")
 
 
 # ---------------------------------------------------------------- tokens and flags

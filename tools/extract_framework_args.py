@@ -5,7 +5,7 @@
     python tools/extract_framework_args.py sglang /tmp/wheels/sglang-0.5.3-py3-none-any.whl 0.5.3
     python tools/extract_framework_args.py vllm /tmp/wheels/vllm-0.11.0-cp38-abi3-manylinux1_x86_64.whl 0.11.0
 
-writes params/framework/<framework>-args.yaml: every flag (and alias) its argument parser
+writes params/framework/launch/<framework>-args.yaml: every flag (and alias) its argument parser
 defines, with the value kind moecalc checks (flag = no value, int, float, str, or a list
 of them), the choices where the source lists them literally, and the source file. Reads
 the wheel's Python source with `ast` (nothing is imported or executed).
@@ -165,7 +165,7 @@ def main(framework: str, wheel: str, version: str) -> None:
     data = {"framework": framework, "version": version, "sources": sources,
             "generated_by": "tools/extract_framework_args.py (ast over the wheel's source; nothing imported)",
             "flags": dict(sorted(flags.items()))}
-    out = ROOT / "params" / "framework" / f"{framework}-args.yaml"
+    out = ROOT / "params" / "framework" / "launch" / f"{framework}-args.yaml"
     out.parent.mkdir(parents=True, exist_ok=True)
     class NoAliases(yaml.SafeDumper):
         def ignore_aliases(self, data):
