@@ -705,7 +705,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("calibrate", cmd_calibrate, "the roofline op functions against every published kernel figure")
 
     p = command("reproduce", cmd_reproduce, "every figure a seed prints, recomputed")
-    p.add_argument("seed", choices=["seed-000", "seed-002", "seed-003"], help="which seed document")
+    p.add_argument("seed", choices=["seed-000", "seed-001", "seed-002", "seed-003"], help="which seed document")
     p.add_argument("--errata", action="store_true", help="print the seed's errata page (MyST markdown) instead")
 
     p = sub.add_parser("book", help="execute the book's notebooks (what changed) and build its HTML",
