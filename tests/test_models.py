@@ -229,3 +229,18 @@ def test_cli_decode_and_prefill_answer(model):
     r = subprocess.run([str(MOECALC), "prefill", *base, "--seq-len", "8192", "--tokens-per-gpu", "8192", "--json"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_v32_prefill_takes_the_faster_form_beyond_topk(v3, v32, wl):
+    """Beyond top-k, prefill runs the sparse MQA-mode kernel only where it beats the dense
+    computation with a mask (DeepSeek's 'masked MHA mode' for short prompts): at 4K the
+    attention core is V3's; at 128K it is far cheaper and no longer grows as L²."""
+    hw = profiles.load_hardware("h800")
+    L = np.array([4096.0, 65536.0, 131072.0])
+    a = rl.prefill(v3, hw, wl, _layout(), 16384, prompt_len=L, kv_cache_hit_rate=0.0)
+    b = rl.prefill(v32, hw, wl, _layout(), 16384, prompt_len=L, kv_cache_hit_rate=0.0)
+    att_a, att_b = np.asarray(a.moe_layer["attention"]), np.asarray(b.moe_layer["attention"])
+    assert att_b[0] == att_a[0]
+    assert np.all(att_b[1:] < att_a[1:] / 4)
+    # dense grows with L per token (16,384 tokens per device either way), sparse barely
+    assert att_a[2] / att_a[1] > 1.9 and att_b[2] / att_b[1] < 1.1

@@ -658,7 +658,8 @@ def _attention_prefill(c: _Ctx, tokens, seqs, q_len, kv_len):
     cached prefix plus the new tokens) on one TP rank: K and V up-projected for every key.
     With sparse attention: the indexer over every visible key, and once kv_len exceeds
     index_topk, FlashMLA's sparse prefill in MQA (absorbed) mode over each query's top-k keys
-    instead of the plain form (up to top-k every key is kept: the dense computation)."""
+    where it beats the plain form run with a mask (up to top-k every key is kept: the dense
+    computation)."""
     m = c.m
     h = m.num_attention_heads / c.tp
     dense = _attention_prefill_dense(c, tokens, seqs, q_len, kv_len, h)
@@ -673,7 +674,11 @@ def _attention_prefill(c: _Ctx, tokens, seqs, q_len, kv_len):
     sparse["q_absorb"] = _gemm(c, tokens, h * m.qk_nope_head_dim, m.kv_lora_rank, c.dev.attention_flops, w_bytes=bf16)
     sparse["attention"] = sparse_mla_prefill_time(pairs, tokens, seqs * kv_len, h, m, c.ab, c.dev)
     sparse["o_absorb"] = _gemm(c, tokens, h * m.kv_lora_rank, m.v_head_dim, c.dev.attention_flops, w_bytes=bf16)
-    return _select(np.asarray(kv_len) > m.index_topk, sparse, dense)
+    # Beyond top-k the faster of the two: the sparse MQA-mode kernel over the selected keys, or
+    # the dense (MHA-mode) computation with the selection as a mask, which DeepSeek runs for
+    # short prompts ("a masked MHA mode to simulate DSA", DeepSeek-V3.2-Exp report §2.1)
+    faster = _total(sparse) < _total(dense)
+    return _select((np.asarray(kv_len) > m.index_topk) & faster, sparse, dense)
 
 
 def _attention_prefill_dense(c: _Ctx, tokens, seqs, q_len, kv_len, h):
@@ -1055,10 +1060,10 @@ def prefill(
     seqs = tokens / q
     pairs = seqs * counts.attention_pairs(q, L, causal=True)
     attn_flops = 2.0 * m.num_attention_heads * pairs * (m.qk_head_dim + m.v_head_dim)
-    if m.sparse:  # beyond top-k: absorbed (MQA-mode) attention over the selected pairs, and the indexer
+    if m.sparse:  # beyond top-k: the cheaper of absorbed (MQA-mode) sparse and masked dense attention; the indexer
         sparse_pairs = seqs * counts.attended_pairs(m, q, L, causal=True)
-        attn_flops = np.where(L > m.index_topk, 2.0 * m.num_attention_heads * sparse_pairs
-                              * (m.kv_cache_dim + m.kv_lora_rank), attn_flops)
+        attn_flops = np.where(L > m.index_topk, np.minimum(attn_flops, 2.0 * m.num_attention_heads * sparse_pairs
+                                                           * (m.kv_cache_dim + m.kv_lora_rank)), attn_flops)
         attn_flops = attn_flops + seqs * counts.indexer_flops(m, q, L, causal=True) * c.tp
     mla_gemm = sum(v for k, v in counts.mla_ops(m, tokens, tokens, 0.0, "plain").items()
                    if k not in counts.ATTENTION_OPS and k not in ("w_uk", "w_uv"))
