@@ -6,7 +6,7 @@
    says how often it runs::
 
        moecalc:
-         per: hardware        # once per params/hardware/*.yaml, or `once`
+         per: hardware        # once per params/hardware/*.yaml, `model` (per params/model/*.yaml), or `once`
          order: 20            # position in the table of contents
          part: Seed 003       # (once-chapters) the TOC part it sits in
          children: [errata-seed-003]   # (optional) pages listed under it
@@ -14,7 +14,9 @@
 
    A ``per: hardware`` chapter becomes one job per hardware profile, with papermill
    parameter ``hardware=<stem>``, written to ``book/executed/<stem>/<chapter>.ipynb``; a
-   ``per: once`` chapter one job, written to ``book/executed/common/<chapter>.ipynb``. A
+   ``per: once`` chapter one job, written to ``book/executed/common/<chapter>.ipynb``; a
+   ``per: model`` chapter one job per model profile, with parameter ``model=<stem>``, written
+   to ``book/executed/common/<chapter>-<stem>.ipynb`` (dots as dashes) in its part. A
    profile that lacks a field the chapter ``requires`` gets no page of that chapter.
 2. **Skip what is current.** Each job's inputs are hashed: the chapter source, its
    parameters, every file under ``moecalc/``, the versions of the packages that shape
