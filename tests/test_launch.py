@@ -130,3 +130,11 @@ def test_flag_tables_are_the_frameworks_own():
     vl = launch.flag_definitions("vllm")
     assert vl["flags"]["-tp"]["alias_of"] == "--tensor-parallel-size"
     assert vl["flags"]["--no-enable-expert-parallel"]["negates"] == "--enable-expert-parallel"
+
+
+def test_cli_text_mode_names_layout_limits_and_estimate():
+    r = subprocess.run([str(MOECALC), "launch", "parse", "--framework", "sglang", "--hardware", "h200", "--file", str(SEED)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "attention TP1 × DP16, MoE TP1 × EP16" in r.stdout and "sglang 0.5.5" in r.stdout
+    assert "max running requests per rank" in r.stdout and "decode (roofline)" in r.stdout
