@@ -83,13 +83,16 @@ def sglang_flags(source: str) -> dict[str, dict]:
             continue
         kw = {k.arg: k.value for k in node.keywords if k.arg}
         action = _literal(kw["action"]) if "action" in kw else None
-        if action in ("store_true", "store_false"):
+        action_name = ast.unparse(kw["action"]) if "action" in kw else ""
+        if action in ("store_true", "store_false") or action_name == "DeprecatedStoreTrueAction":
             kind = "flag"
         else:
             kind = _kind_of_type(kw.get("type")) or "str"
             if "nargs" in kw and _literal(kw["nargs"]) in ("+", "*"):
                 kind += "+"
         entry: dict = {"kind": kind}
+        if action_name.startswith("Deprecated"):
+            entry["deprecated"] = True
         if "choices" in kw:
             choices = _literal(kw["choices"])
             if choices is None and isinstance(kw["choices"], ast.Name):
@@ -98,6 +101,61 @@ def sglang_flags(source: str) -> dict[str, dict]:
                 entry["choices"] = choices
         for name in names:
             flags[name] = dict(entry, **({"alias_of": names[0]} if name != names[0] else {}))
+    return flags
+
+
+def sglang_field_flags(sources: list[str]) -> dict[str, dict]:
+    """SGLang ≥ 0.5.2x: flags are ``name: A[type, "help" | Arg(...)]`` fields of the
+    sglang/srt/arg_groups/fields/*.py structs, registered by arg_utils.add_cli_args_from_dataclass
+    (no_cli fields skipped; cli_name or --name-with-dashes, plus aliases; bool → store_true;
+    List[X] → X+; Literal[...] → choices; Optional unwrapped)."""
+    flags: dict[str, dict] = {}
+    for source in sources:
+        tree = ast.parse(source)
+        lists = _module_lists(tree)
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+                continue
+            ann = node.annotation
+            if not (isinstance(ann, ast.Subscript) and getattr(ann.value, "id", None) == "A"):
+                continue
+            parts = ann.slice.elts if isinstance(ann.slice, ast.Tuple) else [ann.slice]
+            if len(parts) < 2:
+                continue
+            meta = parts[1]
+            kw = {}
+            if isinstance(meta, ast.Call) and getattr(meta.func, "id", None) == "Arg":
+                kw = {k.arg: k.value for k in meta.keywords if k.arg}
+            elif not (isinstance(meta, ast.Constant) and isinstance(meta.value, str)):
+                continue
+            if kw.get("no_cli") is not None and _literal(kw["no_cli"]) is True:
+                continue
+            name = _literal(kw["cli_name"]) if "cli_name" in kw else "--" + node.target.id.replace("_", "-")
+            aliases = _literal(kw["aliases"]) if "aliases" in kw else []
+            t = ast.unparse(parts[0]).replace("typing.", "")
+            inner = t[len("Optional["):-1] if t.startswith("Optional[") else t
+            entry: dict = {}
+            if "action" in kw:
+                entry["kind"] = "flag" if "store" in ast.unparse(kw["action"]) else "str"
+            elif inner.startswith("Literal["):
+                entry["kind"] = "str"
+                entry["choices"] = _literal(ast.parse(inner, mode="eval").body.slice) or None
+            elif inner.startswith(("List[", "list[")) and "type_parser" not in kw:
+                entry["kind"] = _kind_of_annotation(inner).rstrip("+") + "+" if inner[5:].startswith(("int", "float", "str")) else "str+"
+            elif inner == "bool":
+                entry["kind"] = "flag"
+            else:
+                entry["kind"] = {"int": "int", "float": "float"}.get(inner, "str")
+            if "choices" in kw:
+                choices = _literal(kw["choices"])
+                if choices is None and isinstance(kw["choices"], ast.Name):
+                    choices = lists.get(kw["choices"].id)
+                if isinstance(choices, list):
+                    entry["choices"] = choices
+            if entry.get("choices") is None:
+                entry.pop("choices", None)
+            for n in [name, *(aliases or [])]:
+                flags[n] = dict(entry, **({"alias_of": name} if n != name else {}))
     return flags
 
 
@@ -151,7 +209,15 @@ def main(framework: str, wheel: str, version: str) -> None:
     import yaml
 
     with zipfile.ZipFile(wheel) as z:
-        if framework == "sglang":
+        fields = sorted(n for n in z.namelist() if n.startswith("sglang/srt/arg_groups/fields/") and n.endswith(".py"))
+        if framework == "sglang" and fields:
+            flags = sglang_field_flags([z.read(n).decode() for n in fields])
+            # plus what server_args.py still registers by hand (deprecated spellings among them)
+            flags.update(sglang_flags(z.read("sglang/srt/server_args.py").decode()))
+            sources = [f"sglang/srt/arg_groups/fields/*.py (A[type, Arg(...)] fields, registered by "
+                       f"arg_groups/arg_utils.py add_cli_args_from_dataclass) in {Path(wheel).name}",
+                       "sglang/srt/server_args.py (flags registered by hand, incl. deprecated ones)"]
+        elif framework == "sglang":
             path = "sglang/srt/server_args.py"
             flags = sglang_flags(z.read(path).decode())
             sources = [f"{path} (ServerArgs.add_cli_args) in {Path(wheel).name}"]
@@ -165,7 +231,8 @@ def main(framework: str, wheel: str, version: str) -> None:
     data = {"framework": framework, "version": version, "sources": sources,
             "generated_by": "tools/extract_framework_args.py (ast over the wheel's source; nothing imported)",
             "flags": dict(sorted(flags.items()))}
-    out = ROOT / "params" / "framework" / "launch" / f"{framework}-args.yaml"
+    out = ROOT / "params" / "framework" / "launch" / (f"{framework}-args.yaml" if len(sys.argv) < 5
+                                                      else sys.argv[4])
     out.parent.mkdir(parents=True, exist_ok=True)
     class NoAliases(yaml.SafeDumper):
         def ignore_aliases(self, data):
@@ -177,4 +244,4 @@ def main(framework: str, wheel: str, version: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:4])  # an optional 4th argument names the output file (e.g. another version's)

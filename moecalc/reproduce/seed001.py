@@ -20,7 +20,7 @@ from typing import Any
 from .. import counts, launch
 from ..cli_launch import estimate, framework_for, memory
 from ..policies import roofline
-from ..profiles import PARAMS_DIR, load_hardware, load_model, load_workload
+from ..profiles import PARAMS_DIR, load_hardware, load_model, load_workload, read_yaml
 from ..units import GB
 
 SEED = "../shared/seeds/001_b1534e11af3c9090.txt"
@@ -222,6 +222,17 @@ def records() -> list[dict[str, Any]]:
     used = sorted(set(pre.flags) | set(dec.flags))
     r.add("§3, §4", "flags the commands use, unknown to SGLang 0.5.5", "0", 0, "flags", True,
           f"all {len(used)} flags parse against sglang/srt/server_args.py 0.5.5 (moecalc launch parse).", value=0.0)
+    later = read_yaml(PARAMS_DIR / "framework" / "launch" / "sglang-0.5.23-args.yaml")
+    spelled = sorted({t.split("=")[0] for path in COMMANDS.values()
+                      for t in launch.tokenize(path.read_text(encoding="utf-8"))[0] if t.startswith("--")})
+    gone = [f for f in spelled if f not in later["flags"]]
+    old = [f for f in spelled if later["flags"].get(f, {}).get("deprecated")]
+    r.add("§3, §4", f"flags the commands use, unknown to SGLang {later['version']}", "0", len(gone), "flags", not gone,
+          f"version drift, not an error of the seed: at SGLang {later['version']} (the release "
+          f"params/framework/sglang.yaml reads) {', '.join(gone)} no longer exist (0.5.23 has --cuda-graph-bs-decode, and "
+          "--load-balance-method offers follow_bootstrap_room) and "
+          f"{', '.join(old)} is deprecated (--attn-dp-size). The recipe needs an SGLang of its time (0.5.3-0.5.5).",
+          value=0.0)
     r.add("§4 table", "--prefill-round-robin-balance", "decode round-robins KV from the prefill instances",
           flags["--prefill-round-robin-balance"]["kind"], "flag", False,
           "SGLang's help: 'Prefill is round robin balanced. This is used to promise decode server can get the correct "
