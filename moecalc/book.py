@@ -6,7 +6,7 @@
    says how often it runs::
 
        moecalc:
-         per: hardware        # once per params/hardware/*.yaml, or `once`
+         per: hardware        # once per params/hardware/*.yaml, `model` (per params/model/*.yaml), or `once`
          order: 20            # position in the table of contents
          part: Seed 003       # (once-chapters) the TOC part it sits in
          children: [errata-seed-003]   # (optional) pages listed under it
@@ -14,7 +14,9 @@
 
    A ``per: hardware`` chapter becomes one job per hardware profile, with papermill
    parameter ``hardware=<stem>``, written to ``book/executed/<stem>/<chapter>.ipynb``; a
-   ``per: once`` chapter one job, written to ``book/executed/common/<chapter>.ipynb``. A
+   ``per: once`` chapter one job, written to ``book/executed/common/<chapter>.ipynb``; a
+   ``per: model`` chapter one job per model profile, with parameter ``model=<stem>``, written
+   to ``book/executed/common/<chapter>-<stem>.ipynb`` (dots as dashes) in its part. A
    profile that lacks a field the chapter ``requires`` gets no page of that chapter.
 2. **Skip what is current.** Each job's inputs are hashed: the chapter source, its
    parameters, every file under ``moecalc/``, the versions of the packages that shape
@@ -52,7 +54,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BOOK_DIR = ROOT / "book"
 CHAPTERS = "chapters"  # book/chapters/*.md: the sources
 EXECUTED = "executed"  # book/executed/<profile>/<chapter>.ipynb: committed outputs
-COMMON = "common"  # the folder of once-chapters
+COMMON = "common"  # the folder of once-chapters (and per-model ones, as <chapter>-<model>)
+PER = ("hardware", "once", "model")
 BUILD = "_build"
 KERNEL = "python3"
 # Packages whose versions can change an output's bytes (reprs, PNG encoding, numerics).
@@ -75,7 +78,7 @@ class Chapter:
 
     name: str  # file stem: the page's file name in book/executed/<profile>/
     path: Path
-    per: str  # "hardware" or "once"
+    per: str  # "hardware", "once" or "model"
     order: float
     part: str | None = None  # TOC caption of a once-chapter's part
     children: tuple[str, ...] = ()  # pages (docnames relative to book/) listed under it
@@ -90,8 +93,13 @@ class Job:
     output: Path
 
     @property
+    def name(self) -> str:
+        """The page's file stem: the chapter's, with ``-<model>`` for a per-model chapter."""
+        return self.output.stem
+
+    @property
     def docname(self) -> str:
-        return f"{EXECUTED}/{self.profile}/{self.chapter.name}"
+        return f"{EXECUTED}/{self.profile}/{self.name}"
 
 
 def front_matter(path: Path) -> dict[str, Any]:
@@ -117,8 +125,8 @@ def discover_chapters(book_dir: Path = BOOK_DIR) -> list[Chapter]:
         if not isinstance(meta, dict):
             raise InputError(f"{path}: front matter 'moecalc' must be a mapping")
         per = meta.get("per")
-        if per not in ("hardware", "once"):
-            raise InputError(f"{path}: front matter 'moecalc.per' must be 'hardware' or 'once', got {per!r}")
+        if per not in PER:
+            raise InputError(f"{path}: front matter 'moecalc.per' must be one of {', '.join(PER)}, got {per!r}")
         order = meta.get("order", 1000)
         if isinstance(order, bool) or not isinstance(order, (int, float)):
             raise InputError(f"{path}: front matter 'moecalc.order' must be a number, got {order!r}")
@@ -134,6 +142,12 @@ def discover_chapters(book_dir: Path = BOOK_DIR) -> list[Chapter]:
 
 def hardware_profiles(params_dir: Path) -> list[str]:
     return sorted(p.stem for p in (params_dir / "hardware").glob("*.yaml"))
+
+
+def model_profiles(params_dir: Path | None) -> list[str]:
+    from .profiles import PARAMS_DIR
+
+    return sorted(p.stem for p in ((params_dir or PARAMS_DIR) / "model").glob("*.yaml"))
 
 
 def has_fields(data: Mapping[str, Any], fields: Iterable[str]) -> bool:
@@ -167,12 +181,15 @@ def plan(chapters: Sequence[Chapter], profiles: Sequence[str], book_dir: Path = 
     jobs = []
     for ch in chapters:
         if ch.per == "hardware":
-            targets = [(p, {"hardware": p}) for p in profiles
+            targets = [(p, {"hardware": p}, ch.name) for p in profiles
                        if not ch.requires or (p in data and has_fields(data[p], ch.requires))]
+        elif ch.per == "model":  # once per model profile, papermill parameter model=<stem>
+            # (dots become dashes in the file name: Sphinx would read "v3.2" as a suffix)
+            targets = [(COMMON, {"model": m}, f"{ch.name}-{m.replace('.', '-')}") for m in model_profiles(params_dir)]
         else:
-            targets = [(COMMON, {})]
-        for profile, parameters in targets:
-            out = book_dir / EXECUTED / profile / f"{ch.name}.ipynb"
+            targets = [(COMMON, {}, ch.name)]
+        for profile, parameters, stem in targets:
+            out = book_dir / EXECUTED / profile / f"{stem}.ipynb"
             jobs.append(Job(ch, profile, parameters, out))
     return jobs
 
@@ -396,7 +413,7 @@ def execute(job: Job, common: str, failed_dir: Path, root: Path = ROOT) -> Resul
     nb = dict(nb)
     reads = relative_reads(pop_reads(nb), root)
     digest = job_digest(job, common, reads, root)
-    nb = clean_notebook(nb, job.chapter.name, job.profile, job.parameters, digest, reads)
+    nb = clean_notebook(nb, job.name, job.profile, job.parameters, digest, reads)
     text = dumps(nb)
     warnings = stderr_outputs(nb)
     if warnings:
@@ -661,7 +678,8 @@ def selected(job: Job, only: Sequence[str]) -> bool:
     ``<profile>/<chapter>`` (``h800/decode``, ``*/serving``, ``common/*``)."""
     import fnmatch
 
-    return not only or any(fnmatch.fnmatchcase(f"{job.profile}/{job.chapter.name}", pattern) for pattern in only)
+    return not only or any(fnmatch.fnmatchcase(f"{job.profile}/{name}", pattern) for pattern in only
+                           for name in {job.chapter.name, job.name})
 
 
 def _build(force, workers, html, strict, only, book_dir, params_dir, root, log) -> Summary:

@@ -27,7 +27,8 @@ from .policies import roofline as rl
 KERNELS_FILE = PARAMS_DIR / "measurements" / "kernels.yaml"
 MODEL = "deepseek-v3"  # DeepEP's and FlashMLA's tests use DeepSeek-V3's hidden size, experts and top-k
 KERNELS = ("gemm", "grouped_gemm", "mla_decode", "attention_prefill", "deepep_normal", "deepep_low_latency",
-           "all_reduce", "small_kernel", "launch_gap", "host_step", "eager_launch")
+           "all_reduce", "small_kernel", "launch_gap", "host_step", "eager_launch",
+           "mla_sparse_decode", "mla_sparse_prefill")
 # The overhead terms: a small all-reduce (nccl-tests), a small memory-bound kernel (its floor
 # and the launch gap before it), the gap itself, and the framework's host time per step and
 # host launch per kernel outside a CUDA graph (conditions name the framework profile).
@@ -113,6 +114,24 @@ def _mla_decode(point: KernelPoint, dev: rl.Device, model) -> tuple[float, float
     return t, 2.0 * sq * b * sk * h * (d + dv), (b * sk * d * kvb + b * sq * h * (d + dv) * 2.0)
 
 
+def _mla_sparse_decode(point: KernelPoint, dev: rl.Device, model) -> tuple[float, float, float]:
+    """FlashMLA's sparse decoding test: FLOPs 2 · b · s_q · h · topk · (d + dv); bytes: each query's
+    topk gathered rows of the 656-byte FP8 cache (FlashMLA's format) plus q and o."""
+    b, sq, h, k = (_cond(point, key) for key in ("batch", "s_q", "heads", "topk"))
+    kvb = 656.0 / model.kv_cache_dim  # bytes per cached element in FlashMLA's FP8-with-scales layout
+    t = float(rl.sparse_mla_decode_time(b, sq, k, h, model, kvb, 2.0, dev))
+    d, dv = model.kv_cache_dim, model.kv_lora_rank
+    return t, 2.0 * b * sq * h * k * (d + dv), b * sq * (k * 656.0 + h * (d + dv) * 2.0)
+
+
+def _mla_sparse_prefill(point: KernelPoint, dev: rl.Device, model) -> tuple[float, float, float]:
+    """FlashMLA's sparse prefill test: s_q queries, each over topk of s_kv keys, h heads, MQA mode."""
+    sq, skv, h, k = (_cond(point, key) for key in ("s_q", "s_kv", "heads", "topk"))
+    pairs = sq * min(k, skv)
+    t = float(rl.sparse_mla_prefill_time(pairs, sq, skv, h, model, 2.0, dev))
+    return t, 2.0 * h * pairs * (model.kv_cache_dim + model.kv_lora_rank), 0.0
+
+
 def _attention_prefill(point: KernelPoint, dev: rl.Device) -> tuple[float, float, float]:
     b, s, h = (_cond(point, k) for k in ("batch", "seqlen", "heads"))
     qk, v = _cond(point, "qk_dim"), _cond(point, "v_dim")
@@ -176,6 +195,10 @@ def model_value(point: KernelPoint, hw=None, model=None) -> float:
         t, flops, nbytes = _mla_decode(point, dev, model)
     elif kind == "attention_prefill":
         t, flops, nbytes = _attention_prefill(point, dev)
+    elif kind == "mla_sparse_decode":
+        t, flops, nbytes = _mla_sparse_decode(point, dev, model)
+    elif kind == "mla_sparse_prefill":
+        t, flops, nbytes = _mla_sparse_prefill(point, dev, model)
     else:
         t, flops, nbytes = _deepep(point, dev, model, kind == "deepep_normal")
     if point.metric == "us":

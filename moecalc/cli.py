@@ -115,6 +115,8 @@ def cmd_flops(args: argparse.Namespace) -> int:
         "gate": counts.gate_flops(m, 1),
         "lm_head": counts.lm_head_flops(m, 1),
     }
+    if m.sparse:  # DeepSeek Sparse Attention: the indexer scores every cached key
+        flops["indexer"] = counts.indexer_flops(m, 1, kv)
     kv_bytes = {d: counts.kv_bytes_per_token(m, b) for d, b in DTYPE_BYTES.items() if d in ("bf16", "fp8")}
     data = {
         "model": m.name,
@@ -155,7 +157,9 @@ def cmd_flops(args: argparse.Namespace) -> int:
                 ["KV dtype", "bytes per token (all layers)", "KiB"],
                 [(d, b, b / 1024) for d, b in kv_bytes.items()],
                 digits=2,
-                title="KV cache: (kv_lora_rank + qk_rope_head_dim) per layer, no scales",
+                title="KV cache: (kv_lora_rank + qk_rope_head_dim) per layer, no scales"
+                + (f", plus the indexer's FP8 keys ({counts.index_cache_bytes_per_token(m, 1):g} B per layer)"
+                   if m.sparse else ""),
             ),
         ]
         return "\n".join(out)
@@ -591,6 +595,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         data["band_meaning"] = BAND_MEANING
     if args.csv:
         data["csv"] = {"path": args.csv, "rows": result.write_csv(args.csv)}
+    if args.emit:
+        from .cli_launch import emit_for
+
+        data["launch"] = emit_for(args.emit, m, hw, data["best"])
 
     def text() -> str:
         slo = data["min_tokens_per_user"]
@@ -619,6 +627,8 @@ def cmd_search(args: argparse.Namespace) -> int:
             out += ["", report.table(cols, rows, digits=2, title="best per device count")]
         if args.csv:
             out += ["", f"wrote {data['csv']['rows']:,} layouts to {args.csv}"]
+        if args.emit:
+            out += ["", f"{args.emit} launch command(s) for the best layout (one per node):", *data["launch"]["commands"]]
         return "\n".join(out)
 
     return _emit(args, data, text)
@@ -758,11 +768,16 @@ def build_parser() -> argparse.ArgumentParser:
     expert_dtype(p)
     framework_option(p)
 
+    p.add_argument("--emit", choices=["sglang", "vllm"], help="also print the launch command(s) for the best layout")
+    from . import cli_launch  # launch commands in and out (moecalc/cli_launch.py)
+
+    cli_launch.register(sub, command)
+
     command("validate", cmd_validate, "the roofline policy against every published system-level figure")
     command("calibrate", cmd_calibrate, "the roofline op functions against every published kernel figure")
 
     p = command("reproduce", cmd_reproduce, "every figure a seed prints, recomputed")
-    p.add_argument("seed", choices=["seed-000", "seed-002", "seed-003"], help="which seed document")
+    p.add_argument("seed", choices=["seed-000", "seed-001", "seed-002", "seed-003"], help="which seed document")
     p.add_argument("--errata", action="store_true", help="print the seed's errata page (MyST markdown) instead")
 
     p = sub.add_parser("book", help="execute the book's notebooks (what changed) and build its HTML",

@@ -17,6 +17,7 @@ MLA comes in three forms (``mode``):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal, Union
 
@@ -85,6 +86,17 @@ def embedding_params(m: Model) -> int:
     return m.vocab_size * m.hidden_size
 
 
+def indexer_params(m: Model) -> int:
+    """Weights of one layer's lightning indexer (DeepSeek Sparse Attention; 0 for dense MLA):
+    wq_b (q latent → index heads × index_head_dim), wk (hidden → one index_head_dim key),
+    k_norm (LayerNorm weight and bias) and weights_proj (hidden → one weight per index head),
+    as DeepSeek-V3.2-Exp's inference/model.py class Indexer defines them."""
+    if not m.sparse:
+        return 0
+    hi, di = m.index_n_heads, m.index_head_dim
+    return m.q_lora_rank * hi * di + m.hidden_size * di + 2 * di + m.hidden_size * hi
+
+
 def norm_params(m: Model) -> int:
     """RMSNorm weights: two per layer, one each for the q and kv latents, one final."""
     return m.num_hidden_layers * (2 * m.hidden_size + m.q_lora_rank + m.kv_lora_rank) + m.hidden_size
@@ -108,6 +120,7 @@ def param_table(m: Model, bias: bool = False, norms: bool = True) -> list[ParamR
     experts = m.n_routed_experts + m.n_shared_experts
     rows = [
         ParamRow("MLA", mla_params(m, "plain", bias), m.num_hidden_layers),
+        *([ParamRow("Indexer", indexer_params(m), m.num_hidden_layers)] if m.sparse else []),
         ParamRow("DenseMLP", dense_mlp_params(m, bias), m.n_dense_layers),
         ParamRow("Expert", expert_params(m, bias) * experts, m.n_moe_layers),
         ParamRow("Gate", gate_params(m, bias=True), m.n_moe_layers),
@@ -127,7 +140,7 @@ def activated_params(m: Model) -> int:
     """Parameters one token touches: every dense part, the shared and its top-k experts."""
     moe = (m.num_experts_per_tok + m.n_shared_experts) * expert_params(m) + gate_params(m)
     return (
-        m.num_hidden_layers * mla_params(m)
+        m.num_hidden_layers * (mla_params(m) + indexer_params(m))
         + m.n_dense_layers * dense_mlp_params(m)
         + m.n_moe_layers * moe
         + embedding_params(m) * (1 if m.tie_word_embeddings else 2)
@@ -147,6 +160,51 @@ def attention_pairs(q_len: Tokens, kv_len: Tokens, causal: bool = False) -> Toke
     return pairs if isinstance(q_len, np.ndarray) or isinstance(kv_len, np.ndarray) else float(pairs)
 
 
+def _capped_prefix(n, k):
+    """Σ_{v=1..n} min(v, k): keys seen by queries that see 1, 2, …, n keys, at most k each."""
+    n = np.asarray(n, dtype=float)
+    return np.where(n <= k, n * (n + 1) / 2, k * (k + 1) / 2 + (n - k) * k)
+
+
+def attended_pairs(m: Model, q_len: Tokens, kv_len: Tokens, causal: bool = False) -> Tokens:
+    """(query, key) pairs one head's attention core scores: :func:`attention_pairs` for dense
+    MLA; with DeepSeek Sparse Attention each query scores only the min(visible, index_topk)
+    keys its indexer selects. Equal to the dense count while kv_len ≤ index_topk."""
+    if not m.sparse:
+        return attention_pairs(q_len, kv_len, causal)
+    k = float(m.index_topk)
+    q = np.asarray(q_len, dtype=float)
+    kv = np.asarray(kv_len, dtype=float)
+    pairs = _capped_prefix(kv, k) - _capped_prefix(kv - q, k) if causal else q * np.minimum(kv, k)
+    return pairs if isinstance(q_len, np.ndarray) or isinstance(kv_len, np.ndarray) else float(pairs)
+
+
+def indexer_ops(m: Model, q_len: Tokens, kv_len: Tokens, causal: bool = False) -> dict[str, Tokens]:
+    """FLOPs of one layer's lightning indexer for q_len queries over kv_len keys (empty for
+    dense MLA). The indexer projects each new token to index_n_heads query heads (from the q
+    latent) and one shared key (from the hidden state, cached), scores *every* visible key per
+    query and head in FP8 (``index_logits``), weighs the ReLU'd scores by one learnt weight per
+    head and sums over heads (``index_weighting``); the top-k selection that follows is
+    comparisons, not FLOPs."""
+    if not m.sparse:
+        return {}
+    hi, di = m.index_n_heads, m.index_head_dim
+    q = q_len
+    pairs = attention_pairs(q_len, kv_len, causal)
+    return {
+        "index_wq_b": 2 * q * m.q_lora_rank * hi * di,
+        "index_wk": 2 * q * m.hidden_size * di,  # the new tokens' keys; cached keys are reused
+        "index_weights_proj": 2 * q * m.hidden_size * hi,
+        "index_logits": 2 * hi * di * pairs,
+        "index_weighting": 2 * hi * pairs,
+    }
+
+
+def indexer_flops(m: Model, q_len: Tokens, kv_len: Tokens, causal: bool = False) -> Tokens:
+    """Total FLOPs of one layer's indexer (0 for dense MLA)."""
+    return sum(indexer_ops(m, q_len, kv_len, causal).values(), 0 * np.asarray(q_len, dtype=float))
+
+
 def mla_ops(
     m: Model,
     q_len: Tokens,
@@ -155,7 +213,9 @@ def mla_ops(
     mode: MLAMode = "plain",
     causal: bool = False,
 ) -> dict[str, Tokens]:
-    """FLOPs of each op of one MLA block for q_len queries over kv_len keys.
+    """FLOPs of each op of one MLA block for q_len queries over kv_len keys (with sparse
+    attention, the attention core scores only the selected keys: :func:`attended_pairs`; the
+    indexer that selects them is :func:`indexer_ops`).
 
     ``kv_cache_rate`` is the share of the kv_len tokens whose latent is already cached, so
     their down-projection (wkv_a) is skipped; every other op is unchanged (seed 003's reading).
@@ -164,7 +224,7 @@ def mla_ops(
         raise ValueError(f"unknown MLA mode {mode!r}")
     h, d = m.num_attention_heads, m.hidden_size
     q, kv = q_len, kv_len
-    pairs = attention_pairs(q_len, kv_len, causal)
+    pairs = attended_pairs(m, q_len, kv_len, causal)
     kv_down = 2 * kv * d * m.kv_cache_dim * (1 - kv_cache_rate)
     if mode == "plain":
         return {
@@ -236,11 +296,29 @@ def lm_head_flops(m: Model, tokens: Tokens) -> Tokens:
 # ---------------------------------------------------------------- bytes
 
 
+INDEX_SCALE_GROUP = 128  # FP8 indexer-key values sharing one FP32 scale (DeepSeek-V3.2-Exp's block_size)
+
+
+def index_cache_bytes_per_token(m: Model, layers: int | None = None) -> float:
+    """Bytes of the lightning indexer's own key cache per token (0 for dense MLA): one
+    index_head_dim key in FP8 plus one FP32 scale per INDEX_SCALE_GROUP values, per layer,
+    whatever the MLA cache's format (128 + 4 = 132 B per layer for DeepSeek-V3.2). This is
+    DeepSeek-V3.2-Exp inference/model.py's Indexer buffers (k_cache float8_e4m3fn
+    [.., index_head_dim] and k_scale_cache float32 [.., index_head_dim // 128]) and SGLang's
+    NSATokenToKVPool.index_k_with_scale_buffer (page_size × (128 + 128 // 128 × 4) bytes per page)."""
+    if not m.sparse:
+        return 0.0
+    n = m.num_hidden_layers if layers is None else layers
+    per_layer = m.index_head_dim * dtype_bytes("fp8") + math.ceil(m.index_head_dim / INDEX_SCALE_GROUP) * dtype_bytes("fp32")
+    return per_layer * n
+
+
 def kv_bytes_per_token(m: Model, bytes_per_element: float, layers: int | None = None) -> float:
     """KV-cache bytes one token occupies: the 512-wide latent and the 64-wide RoPE key, per
-    layer (all layers unless `layers` is given). No quantization scales are included."""
+    layer (all layers unless `layers` is given), plus the indexer's key cache for sparse
+    attention (:func:`index_cache_bytes_per_token`). No latent quantization scales."""
     n = m.num_hidden_layers if layers is None else layers
-    return m.kv_cache_dim * bytes_per_element * n
+    return m.kv_cache_dim * bytes_per_element * n + index_cache_bytes_per_token(m, n)
 
 
 # KV-cache formats, per token and layer: "fp8" the latent and RoPE key in FP8 without scales
@@ -259,7 +337,7 @@ def kv_format_bytes_per_token(m: Model, kv_format: str, layers: int | None = Non
     if kv_format == "fp8+scales":
         per_layer = (m.kv_lora_rank * dtype_bytes("fp8") + m.kv_lora_rank / KV_SCALE_GROUP * dtype_bytes("fp32")
                      + m.qk_rope_head_dim * dtype_bytes("bf16"))
-        return per_layer * n
+        return per_layer * n + index_cache_bytes_per_token(m, n)
     if kv_format in KV_FORMATS:
         return kv_bytes_per_token(m, dtype_bytes(kv_format), layers=n)
     raise ValueError(f"unknown KV format {kv_format!r} (known: {', '.join(KV_FORMATS)})")
@@ -367,9 +445,16 @@ def layer_traffic(
         kv = 0 * core
         act = batch * (q_len * h * (m.qk_head_dim + m.v_head_dim) + kv_len * h * (m.qk_head_dim + m.v_head_dim)) * act_bpe
     else:
-        kv = batch * kv_len * m.kv_cache_dim * kv_bpe
+        # sparse attention beyond top-k: each query gathers its own top-k latents
+        keys = (np.where(np.asarray(kv_len) > m.index_topk, q_len * m.index_topk, kv_len) if m.sparse else kv_len)
+        kv = batch * keys * m.kv_cache_dim * kv_bpe
         act = t * h * (m.kv_cache_dim + m.kv_lora_rank) * act_bpe
     ops["attention"] = Traffic(flops=core, weight_bytes=0 * core, kv_bytes=kv, activation_bytes=act)
+    if m.sparse:  # the lightning indexer's logits: every cached index key once per sequence, FP32 logits out
+        logits = batch * indexer_ops(m, q_len, kv_len)["index_logits"]
+        ops["indexer"] = Traffic(flops=logits, weight_bytes=0 * logits,
+                                 kv_bytes=batch * kv_len * index_cache_bytes_per_token(m, 1),
+                                 activation_bytes=batch * q_len * kv_len * dtype_bytes("fp32"))
     ops["gate"] = gemm_traffic(t, m.hidden_size, m.n_routed_experts, weight_bpe, act_bpe)
     ops["shared_expert"] = gemm_traffic(t, m.hidden_size, 3 * m.moe_intermediate_size, weight_bpe, act_bpe,
                                         m.n_shared_experts)

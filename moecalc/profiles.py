@@ -203,6 +203,9 @@ EFFICIENCY_FIELDS: dict[str, tuple[str, str]] = {
     "launch_gap_us": ("latency", "idle time before each kernel inside a CUDA graph, µs"),
     "all_reduce_latency_node_us": ("latency", "fixed cost of one small all-reduce over a whole scale-up domain, µs"),
     "all_reduce_latency_internode_us": ("latency", "fixed cost of one small all-reduce across two scale-up domains, µs"),
+    "attention_sparse": ("fraction", "sparse (top-k) MLA decode FLOP/s, FP8 cache dequantized to BF16, of the BF16 peak"),
+    "attention_sparse_prefill": ("fraction", "sparse (top-k) MLA prefill FLOP/s, BF16, of the BF16 peak"),
+    "indexer": ("fraction", "lightning-indexer FP8 logits FLOP/s (DeepGEMM mqa_logits), of the FP8 peak"),
 }
 # Entries a profile may leave out, and what their absence means: no such effect.
 EFFICIENCY_OPTIONAL = {
@@ -212,6 +215,9 @@ EFFICIENCY_OPTIONAL = {
     "launch_gap_us": "no gap",
     "all_reduce_latency_node_us": "the two-device all_reduce_latency_us",
     "all_reduce_latency_internode_us": "the whole-domain latency",
+    "attention_sparse": "the dense MLA decode `attention` fraction (transferred)",
+    "attention_sparse_prefill": "the dense `attention_prefill` fraction (transferred)",
+    "indexer": "the dense `gemm` fraction (transferred)",
 }
 _EFFICIENCY_ENTRY = {
     "fraction": Spec("map", children={"value": Spec("fraction", upper=1), "source": Spec("str")}),
@@ -325,7 +331,13 @@ _MODEL_FIELDS = {
     "v_head_dim": Spec("int"),
     "num_nextn_predict_layers": Spec("int", zero_ok=True, required=False, default=0),
     "tie_word_embeddings": Spec("bool", required=False, default=False),
+    # DeepSeek Sparse Attention (DeepSeek-V3.2): the lightning indexer's heads and head width,
+    # and the KV tokens each query attends to. All three or none (dense MLA).
+    "index_n_heads": Spec("int", required=False),
+    "index_head_dim": Spec("int", required=False),
+    "index_topk": Spec("int", required=False),
 }
+SPARSE_FIELDS = ("index_n_heads", "index_head_dim", "index_topk")
 # Keys of a DeepSeek-V3 config.json that do not change the arithmetic: accepted so that a
 # config.json can be pasted as it is, and otherwise ignored.
 _HF_IGNORED = (
@@ -374,6 +386,14 @@ class Model:
     v_head_dim: int
     num_nextn_predict_layers: int = 0
     tie_word_embeddings: bool = False
+    index_n_heads: int | None = None
+    index_head_dim: int | None = None
+    index_topk: int | None = None
+
+    @property
+    def sparse(self) -> bool:
+        """True when attention is DeepSeek Sparse Attention (an indexer picks index_topk keys)."""
+        return self.index_topk is not None
 
     @property
     def n_dense_layers(self) -> int:
@@ -404,6 +424,14 @@ def load_model(name_or_path: str | os.PathLike[str]) -> Model:
         raise _fail(path, "num_experts_per_tok", "must not exceed n_routed_experts")
     if d["n_routed_experts"] % d["n_group"] or d["topk_group"] > d["n_group"]:
         raise _fail(path, "n_group", "must divide n_routed_experts and be ≥ topk_group")
+    given = [k for k in SPARSE_FIELDS if d[k] is not None]
+    if given and len(given) < len(SPARSE_FIELDS):
+        missing = next(k for k in SPARSE_FIELDS if d[k] is None)
+        raise _fail(path, missing, f"missing (sparse attention needs all of {', '.join(SPARSE_FIELDS)}; "
+                                   f"{', '.join(given)} given)")
+    if given and d["index_head_dim"] < d["qk_rope_head_dim"]:
+        raise _fail(path, "index_head_dim", f"must be ≥ qk_rope_head_dim ({d['qk_rope_head_dim']}): the indexer "
+                                            "ropes that many of its dimensions")
     return Model(key=path.stem, path=path, **d)
 
 

@@ -95,6 +95,24 @@ def test_plan_runs_per_hardware_chapters_once_per_profile(fake):
     assert by_name["executed/h800/decode"].output == book_dir / "executed" / "h800" / "decode.ipynb"
 
 
+def test_per_model_chapters_run_once_per_model_profile(fake):
+    book_dir, params = fake
+    chapter(book_dir, "anatomy", "  per: model\n  order: 10\n  part: The model")
+    for stem in ("deepseek-v3", "deepseek-v3.2"):
+        (params / "model").mkdir(exist_ok=True)
+        (params / "model" / f"{stem}.yaml").write_text("name: x\n", encoding="utf-8")
+    jobs = book.plan(book.discover_chapters(book_dir), book.hardware_profiles(params), book_dir, params)
+    models = [j for j in jobs if j.chapter.name == "anatomy"]
+    # one page each, under common/, model as the papermill parameter, no dot in the file name
+    assert [j.docname for j in models] == ["executed/common/anatomy-deepseek-v3", "executed/common/anatomy-deepseek-v3-2"]
+    assert [j.parameters for j in models] == [{"model": "deepseek-v3"}, {"model": "deepseek-v3.2"}]
+    tree = book.toc(jobs, params, book_dir)
+    assert tree["parts"][0] == {"caption": "The model", "chapters": [{"file": j.docname} for j in models]}
+    # --only matches the chapter name or the page's own name
+    assert all(book.selected(j, ["common/anatomy"]) for j in models)
+    assert [book.selected(j, ["common/anatomy-deepseek-v3-2"]) for j in models] == [False, True]
+
+
 def test_a_profile_may_not_shadow_the_common_folder(fake):
     book_dir, params = fake
     with pytest.raises(InputError, match="common"):

@@ -69,6 +69,10 @@ class Efficiency:
     all_reduce_latency_internode: float = 0.0  # seconds, across two domains (0: as one domain)
     compute_memory_overlap: float = 1.0  # 1: a kernel takes max(compute, memory); 0: their sum
     sources: Mapping[str, str] = field(default_factory=dict)
+    # DeepSeek Sparse Attention kernels (absent from a profile: the dense factors, transferred)
+    attention_sparse: float = 0.0
+    attention_sparse_prefill: float = 0.0
+    indexer: float = 0.0
 
 
 # What an optional entry means when a profile leaves it out (see profiles.EFFICIENCY_OPTIONAL).
@@ -76,6 +80,9 @@ class Efficiency:
 # is 1 (a kernel takes the longer of its compute and memory time); seed002 passes 0 (added).
 _ABSENT = {"comm_sms": 0, "mma_tile_rows": 1, "launch_gap_us": 0.0, "all_reduce_latency_node_us": 0.0,
            "all_reduce_latency_internode_us": 0.0, "compute_memory_overlap": 1.0}
+# Optional entries that default to another entry of the same profile (transferred from dense).
+_TRANSFERRED = {"attention_prefill": "attention", "attention_sparse": "attention",
+                "attention_sparse_prefill": "attention_prefill", "indexer": "gemm"}
 
 
 def efficiency(hw: Hardware) -> Efficiency:
@@ -88,7 +95,7 @@ def efficiency(hw: Hardware) -> Efficiency:
     def value(name: str):
         entry = e.get(name)
         if entry is None:
-            return e["attention"]["value"] if name == "attention_prefill" else _ABSENT[name]
+            return value(_TRANSFERRED[name]) if name in _TRANSFERRED else _ABSENT[name]
         return entry["value"] * (US if name.endswith("_us") else 1.0)
 
     return Efficiency(
@@ -109,6 +116,9 @@ def efficiency(hw: Hardware) -> Efficiency:
         all_reduce_latency_node=value("all_reduce_latency_node_us"),
         all_reduce_latency_internode=value("all_reduce_latency_internode_us"),
         compute_memory_overlap=value("compute_memory_overlap"),
+        attention_sparse=value("attention_sparse"),
+        attention_sparse_prefill=value("attention_sparse_prefill"),
+        indexer=value("indexer"),
         sources={k: v["source"] for k, v in e.items() if v},
     )
 
@@ -135,6 +145,9 @@ class Device:
     @property
     def routed_flops(self) -> float:
         return self.grouped_flops if self.expert_flops is None else self.expert_flops
+    sparse_attention_flops: float = 0.0  # sparse MLA decode (BF16 math on an FP8 cache)
+    sparse_prefill_attention_flops: float = 0.0  # sparse MLA prefill (BF16)
+    indexer_flops: float = 0.0  # lightning-indexer logits (FP8)
 
     def slowed(self, share: float) -> "Device":
         """The device with only `share` of its SMs computing (the rest run communication)."""
@@ -150,6 +163,9 @@ class Device:
             compute_units=self.compute_units,
             eff=self.eff,
             expert_flops=None if self.expert_flops is None else self.expert_flops * share,
+            sparse_attention_flops=self.sparse_attention_flops * share,
+            sparse_prefill_attention_flops=self.sparse_prefill_attention_flops * share,
+            indexer_flops=self.indexer_flops * share,
         )
 
 
@@ -175,6 +191,9 @@ def device(hw: Hardware, wl: Workload | None = None, weight_dtype: str | None = 
         scale_up_domain=hw.scale_up_domain,
         compute_units=hw.compute_units,
         eff=e,
+        sparse_attention_flops=bf16 * e.attention_sparse,
+        sparse_prefill_attention_flops=bf16 * e.attention_sparse_prefill,
+        indexer_flops=hw.peak("fp8") * e.indexer if "fp8" in hw.peak_flops else peak * e.indexer,
     )
 
 
@@ -240,6 +259,37 @@ def mla_decode_time(seqs, q_per_seq, kv_len, heads, m: Model, kv_bytes: float, a
     flops = 2.0 * seqs * padded_rows(rows, dev.eff.mma_tile_rows) * kv_len * (m.kv_cache_dim + m.kv_lora_rank)
     nbytes = seqs * (kv_len * m.kv_cache_dim * kv_bytes + rows * (m.kv_cache_dim + m.kv_lora_rank) * act_bytes)
     return op_time(flops, nbytes, dev.attention_flops, dev)
+
+
+def sparse_mla_decode_time(seqs, q_per_seq, keys, heads, m: Model, kv_bytes: float, act_bytes: float, dev: Device):
+    """FlashMLA's token-level sparse decoding (DeepSeek Sparse Attention): each of a sequence's
+    q_per_seq queries gathers its *own* `keys` selected latents (queries do not share reads as
+    in dense decoding); FLOPs as FlashMLA counts them, 2 · heads · keys · (kv_cache_dim +
+    kv_lora_rank) per query, heads padded to the tile; at the sparse-kernel efficiency."""
+    queries = seqs * q_per_seq
+    flops = 2.0 * queries * padded_rows(heads, dev.eff.mma_tile_rows) * keys * (m.kv_cache_dim + m.kv_lora_rank)
+    nbytes = queries * (keys * m.kv_cache_dim * kv_bytes + heads * (m.kv_cache_dim + m.kv_lora_rank) * act_bytes)
+    return op_time(flops, nbytes, dev.sparse_attention_flops, dev)
+
+
+def sparse_mla_prefill_time(pairs, tokens, kv_tokens, heads, m: Model, act_bytes: float, dev: Device):
+    """FlashMLA's token-level sparse prefill (MQA mode, absorbed: d_qk = kv_cache_dim,
+    d_v = kv_lora_rank): `pairs` selected (query, key) pairs per head; q and o per token,
+    every key's BF16 latent read at least once."""
+    flops = 2.0 * heads * pairs * (m.kv_cache_dim + m.kv_lora_rank)
+    nbytes = act_bytes * (tokens * heads * (m.kv_cache_dim + m.kv_lora_rank) + kv_tokens * m.kv_cache_dim)
+    return op_time(flops, nbytes, dev.sparse_prefill_attention_flops, dev)
+
+
+def indexer_logits_time(pairs, key_reads, queries, m: Model, dev: Device):
+    """DeepGEMM's FP8 MQA logits (the lightning indexer): 2 · index heads · index_head_dim
+    FLOPs per (query, key) pair at the indexer efficiency of the FP8 peak; reads each
+    sequence's cached index keys once (`key_reads` key rows, FP8 + scale) and the FP8
+    queries, writes one FP32 logit per pair."""
+    hi, di = m.index_n_heads, m.index_head_dim
+    flops = 2.0 * hi * di * pairs
+    nbytes = key_reads * counts.index_cache_bytes_per_token(m, 1) + queries * hi * (di + FP32_BYTES) + pairs * FP32_BYTES
+    return op_time(flops, nbytes, dev.indexer_flops, dev)
 
 
 def attention_prefill_time(pairs, tokens, kv_tokens, heads, qk_dim: int, v_dim: int, act_bytes: float, dev: Device):
@@ -405,9 +455,10 @@ def _log_binom_pmf(n, p, ks):
     i = np.arange(1, ks.size, dtype=float)
     steps = np.log(np.maximum(n - i + 1.0, 1e-300)) - np.log(i)  # log C(n, k) by running sums
     log_comb = np.concatenate([np.zeros(steps.shape[:-1] + (1,)), np.cumsum(steps, axis=-1)], axis=-1)
-    with np.errstate(divide="ignore"):
-        out = log_comb + ks * np.log(p) + (n - ks) * np.log1p(-p)
-    return np.where(ks <= n, out, -np.inf)
+    with np.errstate(divide="ignore", invalid="ignore"):  # 0 × log 0 = 0 (p = 1: one group, every token picks it)
+        hit = np.where(ks > 0, ks * np.log(p), 0.0)
+        miss = np.where(n - ks > 0, (n - ks) * np.log1p(-p), 0.0)
+    return np.where(ks <= n, log_comb + hit + miss, -np.inf)
 
 
 def _busiest_rank_hits(n_experts: int, topk: int, n_group: int, topk_group: int, tokens, ranks: int,
@@ -516,6 +567,12 @@ def check_layout(m: Model, layout: Layout, redundant_experts: int = 0) -> None:
         raise InputError(f"MoE TP {moe_tp} does not divide the expert width {m.moe_intermediate_size}")
 
 
+def fewest_redundant_experts(m: Model, ep) -> int:
+    """The fewest extra expert copies that make the routed experts divide over `ep` ranks
+    (0 when they already do): e.g. 32 for 256 experts on EP144, 48 for 384."""
+    return int((-m.n_routed_experts) % int(ep))
+
+
 # ---------------------------------------------------------------- memory
 
 
@@ -540,6 +597,9 @@ def weight_bytes_per_device(m: Model, wl: Workload, layout: Layout, redundant_ex
     routed = experts_here / np.asarray(layout.moe_tp, dtype=float) * (eb / wb)  # in weight-dtype bytes
     moe_layer = (routed + shared) * counts.expert_params(m)
     extra = m.num_nextn_predict_layers if mtp else 0
+    if m.sparse:  # the indexer, replicated: wq_b and wk quantized, weights_proj and k_norm not
+        plain_idx = m.hidden_size * m.index_n_heads + 2 * m.index_head_dim
+        mla_layer = mla_layer + (counts.indexer_params(m) - plain_idx) + plain_idx * ab / wb
     quantized = ((m.num_hidden_layers + extra) * mla_layer + m.n_dense_layers * counts.dense_mlp_params(m) / tp
                  + (m.n_moe_layers + extra) * moe_layer + extra * 2 * m.hidden_size * m.hidden_size)
     head = 0 if m.tie_word_embeddings else 1
@@ -589,7 +649,9 @@ def max_batch(m: Model, hw: Hardware, wl: Workload, layout: Layout, kv_len, redu
 
 
 # Op names, in the order a layer runs them.
-ATTENTION_PREP = ("attn_norm", "qkv_a_proj", "q_b_proj", "kv_b_proj", "q_absorb", "rope_cache")
+# The lightning indexer (sparse attention only) runs after the projections, before attention.
+INDEXER_OPS = ("index_q_proj", "index_k_proj", "index_prep", "index_logits", "index_topk")
+ATTENTION_PREP = ("attn_norm", "qkv_a_proj", "q_b_proj", "kv_b_proj", "q_absorb", "rope_cache") + INDEXER_OPS
 ATTENTION_CORE = ("attention", "o_absorb", "o_proj")
 MOE_GATE = ("moe_norm", "gate")
 DENSE_OPS = ("mlp_norm", "dense_mlp")
@@ -671,11 +733,53 @@ def _mlp(c: _Ctx, rows, hidden, width, flop_rate=None, groups=1.0, w_bytes=None)
             + _gemm(c, rows, width, hidden, flop_rate, groups, w_bytes))
 
 
+def _indexer(c: _Ctx, tokens, pairs, key_reads):
+    """The lightning indexer of DeepSeek Sparse Attention for `tokens` new tokens on one TP
+    rank, replicated on every TP rank (SGLang's and DeepSeek's reference Indexer use
+    unsplit linears): project q (from the q latent) and the one shared key (from the hidden
+    state), rope/rotate/quantize both and cache the key, FP8 logits over `pairs` (query, key)
+    pairs reading `key_reads` cached keys, then the top-k selection over each query's logits.
+    Empty for dense MLA."""
+    m = c.m
+    if not m.sparse:
+        return {}
+    hi, di = m.index_n_heads, m.index_head_dim
+    row = counts.index_cache_bytes_per_token(m, 1)
+    return {
+        "index_q_proj": _gemm(c, tokens, m.q_lora_rank, hi * di),
+        "index_k_proj": _gemm(c, tokens, m.hidden_size, di) + _gemm(c, tokens, m.hidden_size, hi, w_bytes=c.ab),
+        "index_prep": elementwise_time(tokens * (hi * di * (2.0 * c.ab + 1.0) + di * 2.0 * c.ab + row), c.dev),
+        "index_logits": indexer_logits_time(pairs, key_reads, tokens, m, c.dev),
+        "index_topk": elementwise_time(pairs * FP32_BYTES + tokens * m.index_topk * FP32_BYTES, c.dev),
+    }
+
+
+def _select(sparse, when_sparse: Mapping[str, object], when_dense: Mapping[str, object]) -> dict[str, object]:
+    """Op by op, the sparse kernels' times where `sparse` (KV longer than top-k), else the dense ones."""
+    keys = list(dict.fromkeys([*when_dense, *when_sparse]))
+    return {k: np.where(sparse, when_sparse.get(k, 0.0), when_dense.get(k, 0.0)) for k in keys}
+
+
 def _attention_decode(c: _Ctx, tokens, seqs, q_per_seq, kv_len):
-    """Absorbed MLA for `tokens` = seqs × q_per_seq new tokens on one TP rank."""
+    """Absorbed MLA for `tokens` = seqs × q_per_seq new tokens on one TP rank. With sparse
+    attention, the indexer, and once kv_len exceeds index_topk FlashMLA's sparse kernel over
+    the top-k keys (up to top-k the selection keeps every key: the dense computation)."""
     m = c.m
     h = m.num_attention_heads / c.tp
     bf16 = dtype_bytes("bf16")
+    ops = _attention_decode_dense(c, tokens, seqs, q_per_seq, kv_len, h, bf16)
+    if not m.sparse:
+        return ops
+    ops.update(_indexer(c, tokens, seqs * q_per_seq * kv_len, seqs * kv_len))
+    sparse = np.asarray(kv_len) > m.index_topk
+    keys = np.minimum(kv_len, m.index_topk)
+    ops["attention"] = np.where(sparse, sparse_mla_decode_time(seqs, q_per_seq, keys, h, m, c.kvb, c.ab, c.dev),
+                                ops["attention"])
+    return ops
+
+
+def _attention_decode_dense(c: _Ctx, tokens, seqs, q_per_seq, kv_len, h, bf16):
+    m = c.m
     return {
         "attn_norm": _norm(c, tokens, m.hidden_size),
         "qkv_a_proj": _gemm(c, tokens, m.hidden_size, m.q_lora_rank + m.kv_cache_dim),  # wq_a and wkv_a fused
@@ -693,9 +797,34 @@ def _attention_decode(c: _Ctx, tokens, seqs, q_per_seq, kv_len):
 
 def _attention_prefill(c: _Ctx, tokens, seqs, q_len, kv_len):
     """Plain causal MLA for `seqs` sequences of q_len new tokens over kv_len keys (the
-    cached prefix plus the new tokens) on one TP rank: K and V up-projected for every key."""
+    cached prefix plus the new tokens) on one TP rank: K and V up-projected for every key.
+    With sparse attention: the indexer over every visible key, and once kv_len exceeds
+    index_topk, FlashMLA's sparse prefill in MQA (absorbed) mode over each query's top-k keys
+    where it beats the plain form run with a mask (up to top-k every key is kept: the dense
+    computation)."""
     m = c.m
     h = m.num_attention_heads / c.tp
+    dense = _attention_prefill_dense(c, tokens, seqs, q_len, kv_len, h)
+    if not m.sparse:
+        return dense
+    dense.update(_indexer(c, tokens, seqs * counts.attention_pairs(q_len, kv_len, causal=True), seqs * kv_len))
+    if not np.any(np.asarray(kv_len) > m.index_topk):
+        return dense
+    bf16 = dtype_bytes("bf16")
+    pairs = seqs * counts.attended_pairs(m, q_len, kv_len, causal=True)
+    sparse = {k: v for k, v in dense.items() if k not in ("kv_b_proj", "attention")}
+    sparse["q_absorb"] = _gemm(c, tokens, h * m.qk_nope_head_dim, m.kv_lora_rank, c.dev.attention_flops, w_bytes=bf16)
+    sparse["attention"] = sparse_mla_prefill_time(pairs, tokens, seqs * kv_len, h, m, c.ab, c.dev)
+    sparse["o_absorb"] = _gemm(c, tokens, h * m.kv_lora_rank, m.v_head_dim, c.dev.attention_flops, w_bytes=bf16)
+    # Beyond top-k the faster of the two: the sparse MQA-mode kernel over the selected keys, or
+    # the dense (MHA-mode) computation with the selection as a mask, which DeepSeek runs for
+    # short prompts ("a masked MHA mode to simulate DSA", DeepSeek-V3.2-Exp report §2.1)
+    faster = _total(sparse) < _total(dense)
+    return _select((np.asarray(kv_len) > m.index_topk) & faster, sparse, dense)
+
+
+def _attention_prefill_dense(c: _Ctx, tokens, seqs, q_len, kv_len, h):
+    m = c.m
     kv_tokens = seqs * kv_len
     pairs = seqs * counts.attention_pairs(q_len, kv_len, causal=True)
     return {
@@ -965,7 +1094,8 @@ def decode(
 
     # FLOPs the step needs per device (for MFU): absorbed MLA, wkv_a on the new tokens only.
     tokens = batch * per_seq
-    mla = counts.mla_flops(m, tokens, kv, 1.0, "absorbed") + 2.0 * tokens * m.hidden_size * m.kv_cache_dim
+    mla = (counts.mla_flops(m, tokens, kv, 1.0, "absorbed") + 2.0 * tokens * m.hidden_size * m.kv_cache_dim
+           + counts.indexer_flops(m, tokens, kv) * c.tp)  # the indexer is replicated on every TP rank
     moe_ffn = counts.expert_flops(m, tokens * (m.num_experts_per_tok + m.n_shared_experts))
     flops = (nm * (mla + moe_ffn) + nd * (mla + counts.dense_mlp_flops(m, tokens)) + counts.lm_head_flops(m, tokens)) / c.tp
     weights = weight_bytes_per_device(m, wl, layout, redundant_experts, mtp, c.fw.a2a_decode == "allgather_reducescatter")
@@ -1131,6 +1261,11 @@ def prefill(
     seqs = tokens / q
     pairs = seqs * counts.attention_pairs(q, L, causal=True)
     attn_flops = 2.0 * m.num_attention_heads * pairs * (m.qk_head_dim + m.v_head_dim)
+    if m.sparse:  # beyond top-k: the cheaper of absorbed (MQA-mode) sparse and masked dense attention; the indexer
+        sparse_pairs = seqs * counts.attended_pairs(m, q, L, causal=True)
+        attn_flops = np.where(L > m.index_topk, np.minimum(attn_flops, 2.0 * m.num_attention_heads * sparse_pairs
+                                                           * (m.kv_cache_dim + m.kv_lora_rank)), attn_flops)
+        attn_flops = attn_flops + seqs * counts.indexer_flops(m, q, L, causal=True) * c.tp
     mla_gemm = sum(v for k, v in counts.mla_ops(m, tokens, tokens, 0.0, "plain").items()
                    if k not in counts.ATTENTION_OPS and k not in ("w_uk", "w_uv"))
     mla_gemm = mla_gemm + 2.0 * seqs * L * m.kv_lora_rank * m.num_attention_heads * (m.qk_nope_head_dim + m.v_head_dim)

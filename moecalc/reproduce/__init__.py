@@ -18,6 +18,12 @@ def _seed000() -> list[dict]:
     return seed000.records()
 
 
+def _seed001() -> list[dict]:
+    from . import seed001
+
+    return seed001.records()
+
+
 def _seed003() -> list[dict]:
     from . import seed003
 
@@ -30,4 +36,4 @@ def _seed002() -> list[dict]:
     return seed002.records()
 
 
-SEEDS: dict[str, Callable[[], list[dict]]] = {"seed-000": _seed000, "seed-002": _seed002, "seed-003": _seed003}
+SEEDS: dict[str, Callable[[], list[dict]]] = {"seed-000": _seed000, "seed-001": _seed001, "seed-002": _seed002, "seed-003": _seed003}

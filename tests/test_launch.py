@@ -1,0 +1,140 @@
+"""Launch commands in and out (moecalc.launch): seed 001's commands, round trips, bad input.
+
+Expected layouts and limits are read off SGLang 0.5.5's and vLLM 0.11.0's own rules by hand
+(server_args.py, tp_worker.py, fused_moe/config.py), not recomputed with launch.py.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from moecalc import launch, profiles
+from moecalc.errors import InputError
+
+ROOT = Path(__file__).resolve().parent.parent
+MOECALC = Path(sys.executable).parent / "moecalc"
+SEED = ROOT / "params" / "launch" / "seed-001-decode.sh"
+
+
+@pytest.fixture(scope="module")
+def v32():
+    return profiles.load_model("deepseek-v3.2")
+
+
+@pytest.fixture(scope="module")
+def h200():
+    return profiles.load_hardware("h200")
+
+
+def test_seed001_decode_layout(v32, h200):
+    L = launch.parse("sglang", SEED.read_text(encoding="utf-8"), v32, h200)
+    # --tp-size 16 --dp-size 16 --enable-dp-attention: attention TP 16/16 = 1 × DP16, not "TP=16"
+    assert (L.layout.attention_tp, L.layout.attention_dp) == (1, 16)
+    # --moe-a2a-backend deepep: ep_size = tp_size = 16, MoE TP 1
+    assert (L.layout.moe_tp, L.layout.ep) == (1, 16)
+    assert (L.layout.dense_tp, L.layout.lm_head, L.layout.devices, L.layout.nodes) == (1, "dp", 16, 2)
+    assert L.role == "decode"
+    assert L.running_per_rank == 1024 // 16 == 64
+    assert max(L.graph_bs) == 64
+    # EAGLE, 1 step, top-1: 2 tokens per request per verify step; 64 × 2 = 128 = DeepEP's low-latency buffer
+    assert L.spec_draft_tokens == 1
+    ll = L.limit("DeepEP low-latency tokens per rank")
+    assert ll.value == "128 ≤ 128" and ll.ok
+
+
+def test_seed001_prefill_limits(v32, h200):
+    L = launch.parse("sglang", (ROOT / "params" / "launch" / "seed-001-prefill.sh").read_text(encoding="utf-8"), v32, h200)
+    assert (L.layout.attention_tp, L.layout.attention_dp, L.layout.ep) == (1, 8, 8)
+    assert L.chunk_per_rank == 65536 // 8 == 8192
+    assert L.running_per_rank == 512 // 8 == 64
+    assert L.graph_bs == ()  # prefill servers and DeepEP normal mode run without CUDA graphs
+
+
+def test_cli_parse_gives_the_seed_layout():
+    r = subprocess.run([str(MOECALC), "launch", "parse", "--framework", "sglang", "--hardware", "h200", "--file", str(SEED),
+                        "--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["layout"]["attention_tp"] == 1 and d["layout"]["attention_dp"] == 16 and d["layout"]["ep"] == 16
+    assert d["requests_per_rank"] == 64
+    assert d["memory"]["fits"] and d["estimate"]["decode"]["batch_per_rank"] <= 64
+
+
+LAYOUTS = [(1, 16, 1, 16), (1, 8, 1, 8), (2, 8, 1, 16), (8, 1, 8, 1), (8, 1, 1, 8), (4, 8, 1, 32), (1, 32, 1, 32)]
+
+
+@pytest.mark.parametrize("framework", launch.FRAMEWORKS)
+@pytest.mark.parametrize("tp, dp, moe_tp, ep", LAYOUTS)
+def test_emit_round_trips(framework, tp, dp, moe_tp, ep):
+    m, hw = profiles.load_model("deepseek-v3"), profiles.load_hardware("h800")
+    lay = launch.layout_for(framework, tp, dp, moe_tp, ep, hw.scale_up_domain)
+    try:
+        commands = launch.emit(framework, lay, "deepseek-v3", "decode", 32)
+    except InputError as exc:  # a layout the framework cannot express: said so, by name
+        assert framework == "vllm" and (moe_tp, ep) not in ((1, tp * dp), (tp * dp, 1)), exc
+        return
+    assert len(commands) == lay.nodes
+    for cmd in commands:
+        back = launch.parse(framework, cmd, m, hw)
+        assert back.layout == lay
+        assert back.running_per_rank == 32
+
+
+def test_search_emit_round_trips():
+    r = subprocess.run([str(MOECALC), "search", "--hardware", "h200", "--model", "deepseek-v3.2", "--devices", "16",
+                        "--emit", "sglang", "--json", "--top", "1"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)["launch"]
+    assert d["round_trip"] and d["layout"] == d["parsed_back"]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--model-path", "deepseek-v3", "--enable-dp-atention"], "did you mean --enable-dp-attention"),
+    (["--model-path", "deepseek-v3", "--tp-size", "sixteen"], "expected an integer"),
+    (["--model-path", "deepseek-v3", "--tp-size", "16", "--dp-size", "3", "--enable-dp-attention"], "does not divide"),
+    (["--model-path", "deepseek-v3", "--tp-size", "16", "--dp-size", "16", "--enable-dp-attention",
+      "--disaggregation-mode", "decode"], "--prefill-round-robin-balance"),
+    (["--model-path", "deepseek-v3", "--deepep-mode", "fast"], "not one of"),
+    (["--model-path", "deepseek-v3", "--tp-size", "3"], "does not divide the 128 heads"),
+])
+def test_bad_commands_are_one_line(argv, needle):
+    r = subprocess.run([str(MOECALC), "launch", "parse", "--framework", "sglang", "--", *argv], capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and needle in r.stderr, r.stderr
+
+
+def test_vllm_layout_rules():
+    m = profiles.load_model("deepseek-r1")
+    L = launch.parse("vllm", "vllm serve deepseek-ai/DeepSeek-R1 -tp 8 -dp 4 --enable-expert-parallel --max-num-seqs 64", m)
+    # vLLM: attention TP8 × DP4; with expert parallelism EP = tp × dp = 32; max-num-seqs is per DP engine
+    assert (L.layout.attention_tp, L.layout.attention_dp, L.layout.moe_tp, L.layout.ep) == (8, 4, 1, 32)
+    assert L.running_per_rank == 64
+    L = launch.parse("vllm", "vllm serve x -tp 8 -dp 2", m)
+    assert (L.layout.moe_tp, L.layout.ep) == (16, 1)  # no EP: MoE TP flattened across DP
+
+
+def test_flag_tables_are_the_frameworks_own():
+    sg = launch.flag_definitions("sglang")
+    assert sg["version"] == "0.5.5" and len(sg["flags"]) > 200
+    # flags seed 001 uses exist with these kinds in SGLang 0.5.5
+    assert sg["flags"]["--prefill-round-robin-balance"]["kind"] == "flag"
+    assert sg["flags"]["--cuda-graph-bs"]["kind"] == "int+"
+    assert "deep_gemm" in sg["flags"]["--moe-runner-backend"]["choices"]
+    assert sg["flags"]["--moe-a2a-backend"]["choices"] == ["none", "deepep", "mooncake"]
+    vl = launch.flag_definitions("vllm")
+    assert vl["flags"]["-tp"]["alias_of"] == "--tensor-parallel-size"
+    assert vl["flags"]["--no-enable-expert-parallel"]["negates"] == "--enable-expert-parallel"
+
+
+def test_cli_text_mode_names_layout_limits_and_estimate():
+    r = subprocess.run([str(MOECALC), "launch", "parse", "--framework", "sglang", "--hardware", "h200", "--file", str(SEED)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "attention TP1 × DP16, MoE TP1 × EP16" in r.stdout and "sglang 0.5.5" in r.stdout
+    assert "max running requests per rank" in r.stdout and "decode (roofline)" in r.stdout
