@@ -237,6 +237,10 @@ HARDWARE_SPEC = Spec(
         "compute_units": Spec("int"),
         "sources": Spec("strings"),
         "efficiency": EFFICIENCY_SPEC,
+        # Optional, at the end of a profile: cost and power per device, for $/Mtok and tokens/J.
+        "price": Spec("map", required=False, children={
+            "usd_per_gpu_hour": Spec("number"), "source": Spec("str"), "date": Spec("str")}),
+        "power": Spec("map", required=False, children={"watts": Spec("number"), "source": Spec("str")}),
     },
 )
 
@@ -258,6 +262,8 @@ class Hardware:
     sources: tuple[str, ...]
     vendor: str | None = None
     efficiency: Mapping[str, Any] = field(default_factory=dict)
+    price: Mapping[str, Any] | None = None  # {usd_per_gpu_hour, source, date}, or None: cost unavailable
+    power: Mapping[str, Any] | None = None  # {watts, source} (datasheet board power), or None
 
     def peak(self, dtype: str) -> float:
         """Dense peak FLOP/s for `dtype`; fp16 and bf16 share a peak where only one is given."""
@@ -283,6 +289,8 @@ def load_hardware(name_or_path: str | os.PathLike[str]) -> Hardware:
         compute_units=d["compute_units"],
         sources=d["sources"],
         efficiency=d["efficiency"] or {},
+        price=d.get("price"),
+        power=d.get("power"),
     )
 
 
