@@ -302,7 +302,7 @@ def plan(m: Model, hw: Hardware, wl: Workload, gpus: int, *, isl: int | None = N
         "queue_model": serving.QUEUE_MODEL,
         "objective": "goodput: output tokens/s per GPU of the cluster within both SLOs",
         "plans": plans + int(A["reason"].size),
-        "disagg": {"plans": plans, "feasible": dis_feasible, "rejected": dis_counts,
+        "disagg": {"plans": plans, "paired": int(fit.size), "feasible": dis_feasible, "rejected": dis_counts,
                    "best": dtop[0] if dtop else None, "top": dtop},
         "agg": {"plans": int(A["reason"].size), "feasible": int(np.count_nonzero(agood > 0)),
                 "rejected": agg_counts, "best": atop[0] if atop else None, "top": atop},
