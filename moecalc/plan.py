@@ -10,7 +10,7 @@ Each option is evaluated once by :mod:`moecalc.serving` (one vectorized roofline
 phase); plans are their pairings, a (prefill option × decode option) matrix masked by the GPU
 budget. The request rate of a plan is the largest both pools carry within the SLOs: the
 prefill pool's is the highest utilization on a grid at which TTFT = M/D/c wait + forward + KV
-transfer meets the TTFT SLO; the decode pool's is its capacity at its batch if its TPOT meets
+transfer (+ the batch-formation wait) meets the TTFT SLO; the decode pool's is its capacity at its batch if its TPOT meets
 the TPOT SLO; the NICs cap both. The objective is **goodput**: output tokens/s per GPU of the
 cluster within both SLOs. Each rejected plan gets its first failing reason, in REASONS order.
 """
@@ -92,7 +92,9 @@ def _prefill_options(m, hw, wl, n, isl, hit, ttft_slo, sizes, sd):
     mu = ev["mu"][cfg][:, None]
     rho = UTILIZATION[None, :]
     lam = rho * count[:, None] * mu
-    ttft = serving.queue_wait(lam, mu, count[:, None]) + (ev["forward"] + t_kv)[cfg][:, None]
+    fwd = ev["forward"][cfg][:, None]
+    ttft = (serving.queue_wait(lam, mu, count[:, None]) + serving.batch_wait(rho, fwd) + fwd
+            + np.broadcast_to(t_kv, ev["forward"].shape)[cfg][:, None])
     ok = ttft <= ttft_slo
     best = np.where(ok.any(axis=1), (ok * rho).max(axis=1), 0.0)  # highest load meeting the SLO
     return {
@@ -229,7 +231,8 @@ def plan(m: Model, hw: Hardware, wl: Workload, gpus: int, *, isl: int | None = N
             "gpus_used": gp + gd,
             "goodput_tokens_per_s_per_gpu": float(good[i, j]),
             "arrival_rate": r,
-            "ttft_ms": (wait + float(P["forward"][i]) + float(P["t_kv"][i])) * 1e3,
+            "ttft_ms": (wait + float(serving.batch_wait(r / P["capacity"][i], P["forward"][i])) + float(P["forward"][i])
+                        + float(P["t_kv"][i])) * 1e3,
             "kv_transfer_ms": float(P["t_kv"][i]) * 1e3,
             "tpot_ms": float(D["tpot"][j]) * 1e3,
             "limiting_pool": "prefill" if P["rate"][i] < D["rate"][j] else "decode",

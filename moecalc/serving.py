@@ -15,7 +15,9 @@ faster forwards than the full-batch time used here); ρ → 1, where the mean wa
 the real system sheds or queues without bound.
 
 **Disaggregated**: TTFT = wait at the prefill pool (M/D/c, c = prefill instances, service = one
-request's share of a full forward) + one full forward + the exposed KV transfer; TPOT is the
+request's share of a full forward) + the batch-formation wait (an arrival finds its instance
+busy with probability ρ and waits out the running forward, on average half of it: ρ·T/2) + one
+full forward + the exposed KV transfer; TPOT is the
 decode pool's step time over accepted tokens per step at its batch. The request rate is the
 smaller of the pools' capacities (the *limiting pool*).
 
@@ -25,7 +27,7 @@ as sequences finish, so a step carries ``u = batch × new prompt tokens / output
 tokens (capped by the chunk, which then caps the batch). Step = decode step + prefill of those
 u tokens (added: the mixed batch's weight reads are counted twice, an upper bound on the
 interference); TPOT = step / accepted tokens per step; TTFT = M/D/c wait (c = ranks, each
-serving chunk tokens per step) + ⌈new prompt tokens / chunk⌉ steps.
+serving chunk tokens per step) + half a step (the running one) + ⌈new prompt tokens / chunk⌉ steps.
 """
 
 from __future__ import annotations
@@ -139,6 +141,12 @@ def queue_wait(lam, mu, c, cs2: float = 0.0):
         w = erlang_c(c, lam / mu) / (cap - lam) * (1.0 + cs2) / 2.0
         w = np.where(lam < cap, w, np.inf)
     return np.where(lam <= 0, 0.0, w)
+
+
+def batch_wait(rho, forward):
+    """Mean wait for the forward running when a request arrives at a batch server busy a
+    share `rho` of the time: rho × forward / 2 (the residual of a deterministic forward)."""
+    return np.asarray(rho, dtype=float) * np.asarray(forward, dtype=float) / 2.0
 
 
 # ---------------------------------------------------------------- KV transfer
@@ -302,7 +310,7 @@ def agg_ttft(pool: AggPool, chunk, isl, hit: float, instances):
     mu = chunk / (q * pool.step)  # requests/s one rank's chunk budget prefills
     c = np.asarray(pool.ranks * instances).astype(np.int64)
     lam = pool.requests_per_s * instances
-    return queue_wait(lam, mu, c) + np.ceil(q / chunk) * pool.step
+    return queue_wait(lam, mu, c) + 0.5 * pool.step + np.ceil(q / chunk) * pool.step
 
 
 # ---------------------------------------------------------------- one serving point
@@ -363,7 +371,7 @@ def serve_disagg(m: Model, hw: Hardware, wl: Workload, prefill: Mapping[str, int
     tpot = float(dp_.tpot)
 
     def ttft(lam: float) -> float:
-        return float(queue_wait(lam, mu, n_p)) + forward + t_kv
+        return float(queue_wait(lam, mu, n_p)) + batch_wait(lam / cap_p, forward) + forward + t_kv
 
     cap = min(cap_p, cap_d)
     if rate is not None:
@@ -373,7 +381,7 @@ def serve_disagg(m: Model, hw: Hardware, wl: Workload, prefill: Mapping[str, int
         if lam > cap_d:
             raise InputError(f"arrival rate {lam:g} requests/s exceeds the decode pool's capacity {cap_d:.3g}/s "
                              f"at batch {ld.batch}")
-    elif concurrency is not None:  # closed loop: λ = N / (TTFT(λ) + osl · TPOT), by bisection
+    elif concurrency is not None:  # closed loop: λ = N / (TTFT(λ) + osl · TPOT at full batch), by bisection
         lo, hi = 0.0, min(cap_d, cap_p * (1 - 1e-9))
         for _ in range(100):
             mid = 0.5 * (lo + hi)
@@ -382,6 +390,13 @@ def serve_disagg(m: Model, hw: Hardware, wl: Workload, prefill: Mapping[str, int
     else:
         lam = min(cap_d, 0.95 * cap_p)
     limiting = "prefill" if cap_p < cap_d else "decode"
+    # the decode pool runs only the sequences the load brings (Little's law): the smallest
+    # batch per rank whose capacity carries λ, evaluated over every batch up to the spec's at once
+    sizes = np.arange(1, ld.batch + 1, dtype=float)
+    run = decode_pool(m, hw, wl, replace(ld, batch=sizes), isl, osl, mtp_accept, sd, red_d)
+    enough = n_d * np.asarray(run.capacity) >= lam * (1 - 1e-12)
+    b_run = int(sizes[np.argmax(enough)]) if enough.any() else ld.batch
+    tpot_run = float(np.asarray(run.tpot)[b_run - 1])
     n_gpus = used
     out_tps, in_tps = lam * osl, lam * isl
     gp, gd = n_p * int(lp.tp * lp.dp), n_d * int(ld.tp * ld.dp)
@@ -401,13 +416,16 @@ def serve_disagg(m: Model, hw: Hardware, wl: Workload, prefill: Mapping[str, int
         "arrival_rate": lam,
         "ttft_ms": ttft(lam) * 1e3,
         "ttft_queue_ms": float(queue_wait(lam, mu, n_p)) * 1e3,
+        "ttft_batch_wait_ms": batch_wait(lam / cap_p, forward) * 1e3,
         "prefill_forward_ms": forward * 1e3,
         "kv_transfer_ms": t_kv * 1e3,
         "kv_transfer_bytes": nbytes,
         "kv_format": kv_format(wl),
         "nic_load_prefill": lam * nbytes / (gp * nic_bandwidth(hw)),
         "nic_load_decode": lam * nbytes / (gd * nic_bandwidth(hw)),
-        "tpot_ms": tpot * 1e3,
+        "tpot_ms": tpot_run * 1e3,
+        "tpot_full_batch_ms": tpot * 1e3,
+        "decode_running_batch": b_run,
         "prefill_utilization": lam / cap_p,
         "decode_utilization": lam / cap_d,
         "prefill_capacity_rps": cap_p,
@@ -497,3 +515,27 @@ def serve_agg(m: Model, hw: Hardware, wl: Workload, spec: Mapping[str, int], *, 
         "tokens_per_joule": None if tpj is None else float(tpj),
         "cost_note": _cost_note(hw) + ("; agg GPU cost split by the step's prefill share" if hw.price else ""),
     }
+
+
+# ---------------------------------------------------------------- pool balance
+
+
+def pool_ratio(m: Model, hw: Hardware, wl: Workload, prefill_layout: roofline.Layout, tokens: int,
+               decode_layout: roofline.Layout, isl, osl, hit: float = 0.0, mtp_accept: float = 1.0,
+               sd: ServingData | None = None):
+    """Prefill GPUs per decode GPU that balance the two pools, over arrays of ISL and OSL:
+    (requests/s a decode GPU finishes) / (requests/s a prefill GPU prefills). The decode batch
+    is the layout's, or what fits at the mean KV length isl + osl/2 if that is smaller.
+    Returns (ratio, decode batch per rank)."""
+    sd = sd or load_serving()
+    isl, osl = np.broadcast_arrays(np.asarray(isl, dtype=float), np.asarray(osl, dtype=float))
+    red_p = int(redundant_for(m, prefill_layout.ep, sd.redundant_experts))
+    red_d = int(redundant_for(m, decode_layout.ep, sd.redundant_experts))
+    p = roofline.prefill(m, hw, wl, prefill_layout, tokens, isl, hit, expert_imbalance=sd.expert_imbalance,
+                         redundant_experts=red_p)
+    per_gpu_prefill = p.input_tokens_per_s_per_device / isl
+    fit = roofline.max_batch(m, hw, wl, decode_layout, isl + osl / 2.0, red_d, mtp_accept > 1.0)
+    batch = np.maximum(np.minimum(float(decode_layout.batch), fit), 1.0)
+    d = decode_pool(m, hw, wl, replace(decode_layout, batch=batch), isl, osl, mtp_accept, sd, red_d)
+    per_gpu_decode = d.output_tokens_per_s_per_device / osl
+    return per_gpu_decode / per_gpu_prefill, batch
