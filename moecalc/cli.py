@@ -167,7 +167,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
 def cmd_prefill(args: argparse.Namespace) -> int:
     if args.policy == "roofline":
         return _prefill_roofline(args)
-    _only_roofline(args, ("dp", "moe_tp", "ep", "tbo", "tokens_per_gpu", "kv_cache_hit_rate", "dtype",
+    _only_roofline(args, ("dp", "moe_tp", "ep", "tbo", "tokens_per_gpu", "kv_cache_hit_rate", "dtype", "framework",
                           "expert_imbalance", "redundant_experts"))
     return _prefill_seed003(args)
 
@@ -217,7 +217,8 @@ def _prefill_seed003(args: argparse.Namespace) -> int:
 def cmd_decode(args: argparse.Namespace) -> int:
     if args.policy == "roofline":
         return _decode_roofline(args)
-    _only_roofline(args, ("dp", "moe_tp", "tbo", "dtype", "mtp_accept", "expert_imbalance", "redundant_experts"))
+    _only_roofline(args, ("dp", "moe_tp", "tbo", "dtype", "mtp_accept", "expert_imbalance", "redundant_experts",
+                          "framework"))
     return _decode_seed003(args)
 
 
@@ -303,6 +304,16 @@ def _layout(args: argparse.Namespace, m, batch: int, redundant: int):
     return layout
 
 
+def _framework(args: argparse.Namespace):
+    from .frameworks import load_framework
+
+    return load_framework(getattr(args, "framework", None))
+
+
+def _framework_json(fw) -> dict[str, Any]:
+    return {"name": fw.name, "version": fw.version, "profile": fw.key}
+
+
 def _with_kv_dtype(wl, dtype: str | None):
     from dataclasses import replace
 
@@ -328,12 +339,14 @@ def _decode_roofline(args: argparse.Namespace) -> int:
     imbalance = args.expert_imbalance or 1.0
     layout = _layout(args, m, args.batch, redundant)
     accept = args.mtp_accept or 1.0
+    fw = _framework(args)
     step = roofline.decode(m, hw, wl, layout, args.kv_len, accept, expert_imbalance=imbalance,
-                           redundant_experts=redundant)
+                           redundant_experts=redundant, framework=fw)
     roofline.check_fits(step, hw, f"batch {args.batch} at KV length {args.kv_len:,} ({wl.kv_dtype} KV)")
     per_gpu = float(roofline.tokens_per_s_per_device(step, layout))
     data = {
         "policy": "roofline",
+        "framework": _framework_json(fw),
         "hardware": hw.name,
         "model": m.name,
         "workload": wl.name,
@@ -359,6 +372,7 @@ def _decode_roofline(args: argparse.Namespace) -> int:
         "memory_usable_gb": float(step.memory_usable) / GB,
         "memory_capacity_gb": float(step.memory_capacity) / GB,
         "fits": bool(step.fits),
+        "cuda_graph": bool(step.in_graph),
         "mfu": float(roofline.mfu(step, hw, wl)),
         "layers": {"dense": m.n_dense_layers, "moe": m.n_moe_layers},
         "per_layer_ms": {"dense": _ms(step.dense_layer), "moe": _ms(step.moe_layer)},
@@ -367,7 +381,8 @@ def _decode_roofline(args: argparse.Namespace) -> int:
 
     def text() -> str:
         lay = data["layout"]
-        head = (f"{m.name} decode on {lay['devices']} × {hw.name}, policy roofline: attention TP{lay['tp']} × "
+        head = (f"{m.name} decode on {lay['devices']} × {hw.name}, policy roofline, {fw.name} {fw.version}: "
+                f"attention TP{lay['tp']} × "
                 f"DP{lay['dp']}, MoE TP{lay['moe_tp']} × EP{lay['ep']}, {args.batch} sequences per attention-DP "
                 f"rank, KV length {args.kv_len:,} ({wl.kv_dtype}), {'two-batch overlap' if layout.tbo else 'no overlap'}"
                 + (f", MTP {accept:g} tokens per step" if accept > 1 else ""))
@@ -406,14 +421,16 @@ def _prefill_roofline(args: argparse.Namespace) -> int:
     layout = _layout(args, m, 1, redundant)
     prompt = args.seq_len or wl.prompt_len
     hit = wl.kv_cache_hit_rate if args.kv_cache_hit_rate is None else args.kv_cache_hit_rate
+    fw = _framework(args)
     p = roofline.prefill(m, hw, wl, layout, args.tokens_per_gpu, prompt, hit, expert_imbalance=imbalance,
-                         redundant_experts=redundant)
+                         redundant_experts=redundant, framework=fw)
     roofline.check_fits(p, hw, f"prefill of {args.tokens_per_gpu:,} tokens per GPU")
     per_gpu = float(p.tokens_per_s_per_device)
     lay = _layout_json(layout)
     lay.pop("batch")
     data = {
         "policy": "roofline",
+        "framework": _framework_json(fw),
         "hardware": hw.name,
         "model": m.name,
         "workload": wl.name,
@@ -440,7 +457,8 @@ def _prefill_roofline(args: argparse.Namespace) -> int:
     }
 
     def text() -> str:
-        head = (f"{m.name} prefill on {lay['devices']} × {hw.name}, policy roofline: attention TP{lay['tp']} × "
+        head = (f"{m.name} prefill on {lay['devices']} × {hw.name}, policy roofline, {fw.name} {fw.version}: "
+                f"attention TP{lay['tp']} × "
                 f"DP{lay['dp']}, MoE TP{lay['moe_tp']} × EP{lay['ep']}, {args.tokens_per_gpu:,} new tokens per GPU, "
                 f"prompts of {prompt:,} with {hit:.1%} cache hits, {'two-batch overlap' if layout.tbo else 'no overlap'}")
         rows = [
@@ -503,10 +521,13 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     m, hw, wl = _load(args, "model", "hardware", "workload")
     tbo = {"both": (False, True), "on": (True,), "off": (False,)}[args.tbo]
+    fw = _framework(args)
+    if args.policy != "roofline" and args.framework is not None:
+        raise InputError(f"--framework applies to the roofline policy only, not --policy {args.policy}")
     result = search.search(
         m, hw, wl, args.devices, search.parse_batches(args.batch), policy=args.policy,
         min_tokens_per_user=args.min_tokens_per_user, max_memory_gb=args.max_memory_gb, tp=args.tp,
-        moe_tp=args.moe_tp, tbo=tbo, batch_per=args.batch_per, kv_len=args.kv_len,
+        moe_tp=args.moe_tp, tbo=tbo, batch_per=args.batch_per, kv_len=args.kv_len, framework=fw,
     )
     data = {"hardware": hw.name, "model": m.name, "workload": wl.name, **result.summary(args.top)}
     if args.csv:
@@ -514,7 +535,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     def text() -> str:
         slo = data["min_tokens_per_user"]
-        head = (f"{m.name} decode on {', '.join(str(d) for d in data['devices'])} × {hw.name}, policy {args.policy}, "
+        head = (f"{m.name} decode on {', '.join(str(d) for d in data['devices'])} × {hw.name}, policy {args.policy}"
+                + (f" ({data['framework']})" if data.get("framework") else "") + ", "
                 f"KV length {data['kv_len']:,}, SLO {'none' if slo is None else f'{slo:g} tokens/s per user'}, "
                 f"memory ≤ {data['max_memory_gb']:.1f} GB per device")
         counts = [("evaluated", data["evaluated"]), ("feasible", data["feasible"])]
@@ -613,6 +635,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="max/mean routed-expert load per EP rank (roofline; default 1 = perfect balance)")
         p.add_argument("--redundant-experts", type=_non_negative_int,
                        help="extra expert copies for load balancing, (E + r) / ep per EP rank (roofline; default 0)")
+        framework_option(p)
+
+    def framework_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--framework", metavar="{sglang,trtllm,vllm} or PATH",
+                       help="serving framework profile (params/framework/) or YAML path: memory rule, CUDA graphs, "
+                            "host time per step, MoE all-to-all (roofline; default sglang)")
 
     p = command("flops", cmd_flops, "parameters, FLOPs per token and KV bytes per token of a model")
     p.add_argument("--model", default="deepseek-v3", help="model profile name or YAML path")
@@ -656,6 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--moe-tp", type=positive_int_list, help="only these MoE TP sizes")
     p.add_argument("--tbo", default="both", choices=["both", "on", "off"], help="two-batch overlap (default: both)")
     p.add_argument("--kv-len", type=positive_int, help="KV length per sequence (default: the workload's average)")
+    framework_option(p)
 
     command("validate", cmd_validate, "the roofline policy against every published system-level figure")
     command("calibrate", cmd_calibrate, "the roofline op functions against every published kernel figure")

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .errors import InputError
-from .units import DTYPE_BYTES, GB, GB_PER_S, TFLOPS
+from .units import DTYPE_BYTES, GB, GB_PER_S, MiB, TFLOPS
 
 PARAMS_DIR = Path(os.environ.get("MOECALC_PARAMS", Path(__file__).resolve().parent.parent / "params"))
-KINDS = ("hardware", "model", "workload", "policy")
+KINDS = ("hardware", "model", "workload", "policy", "framework")
 TINY = 1e-12  # smallest non-zero number a profile may give, in its own unit
 # Every YAML file read_yaml has parsed in this process, resolved. The book driver reads it at
 # the end of each page, so that a page's hash covers the profiles it used and no others.
@@ -200,14 +200,12 @@ EFFICIENCY_FIELDS: dict[str, tuple[str, str]] = {
     "attention_prefill": ("fraction", "prefill attention-core FLOP/s (causal, FlashAttention-style), of the BF16 peak"),
     "comm_sms": ("count", "SMs the prefill all-to-all kernels take from compute while they overlap it"),
     "mma_tile_rows": ("count", "rows of the smallest tensor-core tile: GEMM rows are padded up to a multiple"),
-    "usable_memory": ("fraction", "share of HBM for weights and KV cache (the rest: activations, graphs, buffers)"),
 }
 # Entries a profile may leave out, and what their absence means: no such effect.
 EFFICIENCY_OPTIONAL = {
     "attention_prefill": "the decode `attention` fraction",
     "comm_sms": "0 SMs",
     "mma_tile_rows": "1 row (no padding)",
-    "usable_memory": "all of HBM",
 }
 _EFFICIENCY_ENTRY = {
     "fraction": Spec("map", children={"value": Spec("fraction", upper=1), "source": Spec("str")}),
@@ -230,6 +228,7 @@ HARDWARE_SPEC = Spec(
         "vendor": Spec("str", required=False),
         "peak_tflops": Spec("map", children={"*": Spec("number", unit=TFLOPS)}, any_keys=_DTYPE_KEY),
         "memory_gb": Spec("number", unit=GB),
+        "memory_reported_mib": Spec("number", unit=MiB, required=False),
         "memory_bandwidth_gb_s": Spec("number", unit=GB_PER_S),
         "scale_up_bandwidth_gb_s": Spec("number", unit=GB_PER_S),
         "scale_up_domain": Spec("int"),
@@ -253,7 +252,7 @@ class Hardware:
     path: Path
     name: str
     peak_flops: Mapping[str, float]  # FLOP/s, dense, per dtype
-    memory_bytes: float
+    memory_bytes: float  # the datasheet's figure (GB), as seed policies read it
     memory_bandwidth: float  # byte/s
     scale_up_bandwidth: float  # byte/s per direction, per device
     scale_up_domain: int  # devices per scale-up (NVLink) domain
@@ -264,6 +263,13 @@ class Hardware:
     efficiency: Mapping[str, Any] = field(default_factory=dict)
     price: Mapping[str, Any] | None = None  # {usd_per_gpu_hour, source, date}, or None: cost unavailable
     power: Mapping[str, Any] | None = None  # {watts, source} (datasheet board power), or None
+    memory_reported: float | None = None  # bytes the device reports (nvidia-smi memory.total), if known
+
+    @property
+    def memory_device_bytes(self) -> float:
+        """The capacity frameworks apply their memory fractions to: what the device reports
+        (``memory_reported_mib``), else the datasheet figure."""
+        return self.memory_reported if self.memory_reported is not None else self.memory_bytes
 
     def peak(self, dtype: str) -> float:
         """Dense peak FLOP/s for `dtype`; fp16 and bf16 share a peak where only one is given."""
@@ -282,6 +288,7 @@ def load_hardware(name_or_path: str | os.PathLike[str]) -> Hardware:
         vendor=d["vendor"],
         peak_flops=d["peak_tflops"],
         memory_bytes=d["memory_gb"],
+        memory_reported=d["memory_reported_mib"],
         memory_bandwidth=d["memory_bandwidth_gb_s"],
         scale_up_bandwidth=d["scale_up_bandwidth_gb_s"],
         scale_up_domain=d["scale_up_domain"],

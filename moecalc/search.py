@@ -23,12 +23,13 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from .errors import InputError
+from .frameworks import Framework, load_framework
 from .policies import roofline
 from .profiles import Hardware, Model, Workload
 from .units import GB, MS
 
-REASONS = ("indivisible", "out of memory", "below the SLO")
-FEASIBLE, INDIVISIBLE, OUT_OF_MEMORY, BELOW_SLO = 0, 1, 2, 3
+REASONS = ("indivisible", "out of memory", "below the SLO", "beyond the framework's CUDA graphs")
+FEASIBLE, INDIVISIBLE, OUT_OF_MEMORY, BELOW_SLO, BEYOND_GRAPHS = 0, 1, 2, 3, 4
 BATCH_PER = ("rank", "device")
 BATCH_MEANING = {
     "rank": "sequences per attention-DP rank (tp devices); each device serves batch / tp",
@@ -153,11 +154,12 @@ class Result:
     space: Space
     valid: np.ndarray  # indices of the divisible rows of the space
     metrics: dict[str, np.ndarray]
-    reason: np.ndarray  # FEASIBLE, OUT_OF_MEMORY or BELOW_SLO
+    reason: np.ndarray  # FEASIBLE, OUT_OF_MEMORY, BELOW_SLO or BEYOND_GRAPHS
     policy: str
     kv_len: int
     min_tokens_per_user: float | None
-    memory_limit: float  # bytes per device
+    memory_limit: float  # bytes per device (the largest over layouts: the framework's rule depends on weights)
+    framework: str = ""  # name and version of the framework profile (roofline)
     cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -178,6 +180,8 @@ class Result:
             "indivisible": int(self.space.indivisible[rows].sum()) * len(self.space.batch) * len(self.space.tbo),
             "out of memory": int(np.count_nonzero(reason == OUT_OF_MEMORY)),
             "below the SLO": int(np.count_nonzero(reason == BELOW_SLO)),
+            **({"beyond the framework's CUDA graphs": int(np.count_nonzero(reason == BEYOND_GRAPHS))}
+               if np.any(self.reason == BEYOND_GRAPHS) else {}),
         }
 
     def count(self, devices: int | None = None) -> int:
@@ -193,7 +197,7 @@ class Result:
         """(t, u, b) of the layouts that fit in memory (and meet the SLO if `slo`) and that
         no other such layout beats on both tokens/s per user and tokens/s per device (of one
         attention TP, or all), fastest per user first."""
-        ok = self.reason == FEASIBLE if slo else self.reason != OUT_OF_MEMORY
+        ok = self.reason == FEASIBLE if slo else ~np.isin(self.reason, (OUT_OF_MEMORY, BEYOND_GRAPHS))
         if tp is not None:
             ok = ok & (self.space.tp[self.valid] == tp)[None, :, None]
         t, u, b = np.nonzero(ok)
@@ -263,6 +267,7 @@ class Result:
         ranked = self.ranked(top)
         out: dict[str, Any] = {
             "policy": self.policy,
+            "framework": self.framework or None,
             "devices": [int(d) for d in dict.fromkeys(self.space.devices.tolist())],
             "kv_len": self.kv_len,
             "min_tokens_per_user": self.min_tokens_per_user,
@@ -332,12 +337,14 @@ def search(
     tbo: Sequence[bool] = (False, True),
     batch_per: str = "rank",
     kv_len: int | None = None,
+    framework: "Framework | str | None" = None,
 ) -> Result:
     """Evaluate every layout of `m` on each device count with one call of the policy.
 
     SLO and memory cap default to the workload's; the memory limit is the smaller of the cap
-    and the capacity the policy allows weights and KV cache. `kv_len` defaults to the
-    workload's average KV length."""
+    and the capacity the policy allows weights and KV cache (under the framework's memory
+    rule, default SGLang). `kv_len` defaults to the workload's average KV length. Batches a
+    framework that requires CUDA graphs cannot capture are refused as out of its graphs."""
     decode = policies().get(policy)
     if decode is None:
         raise InputError(f"unknown policy {policy!r} (known: {', '.join(policies())})")
@@ -353,9 +360,19 @@ def search(
     if batch_per == "device":
         batch = tp_u * batch
     layout = roofline.Layout(tp=tp_u, dp=col(space.dp), moe_tp=col(space.moe_tp), ep=col(space.ep), batch=batch)
-    step = decode(m, hw, wl, layout, kv)  # the one evaluation: serial and TBO times of every layout
-    capacity = float(step.memory_usable)  # what the policy lets weights and KV use
-    limit = capacity if cap is None else min(cap, capacity)
+    fw = load_framework(framework)
+    if policy == "roofline" and fw.graph_required:  # refuse, per layout, what the framework cannot run
+        graph_ok = np.broadcast_to(fw.in_graph(batch, tp_u), (len(valid), len(space.batch)))
+        batch = np.where(graph_ok, batch, 1.0)  # evaluated at a runnable batch, then marked
+    else:
+        graph_ok = None
+    if policy == "roofline":
+        layout = replace(layout, batch=batch)
+        step = decode(m, hw, wl, layout, kv, framework=fw)  # the one evaluation: serial and TBO times
+    else:
+        step = decode(m, hw, wl, layout, kv)
+    capacity = np.asarray(step.memory_usable, dtype=float)  # what the framework lets weights and KV use
+    limit = capacity if cap is None else np.minimum(cap, capacity)
     shape = (len(valid), len(space.batch))
     times = {False: step.step_time_no_overlap, True: step.step_time_tbo}
     step_time = np.stack([np.broadcast_to(times[t], shape) for t in space.tbo])  # (T, U, B)
@@ -375,6 +392,9 @@ def search(
         raise InputError(f"policy {policy} gave non-finite {bad[0]} on {hw.name}: check the hardware profile")
     reason = np.where(memory > limit, OUT_OF_MEMORY, FEASIBLE).astype(np.int8)
     reason = np.broadcast_to(reason, step_time.shape).copy()
+    if graph_ok is not None:
+        reason[:, ~graph_ok] = BEYOND_GRAPHS
     if slo is not None:
         reason[(reason == FEASIBLE) & (metrics["tokens_per_s_per_user"] < slo)] = BELOW_SLO
-    return Result(space, valid, metrics, reason, policy, kv, slo, limit)
+    return Result(space, valid, metrics, reason, policy, kv, slo, float(np.max(limit)),
+                  framework=f"{fw.name} {fw.version}" if policy == "roofline" else "")

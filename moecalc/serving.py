@@ -40,6 +40,7 @@ import numpy as np
 
 from . import counts
 from .errors import InputError
+from .frameworks import Framework, load_framework
 from .policies import roofline
 from .profiles import PARAMS_DIR, Hardware, Model, Workload, read_yaml
 
@@ -66,6 +67,12 @@ class ServingData:
     expert_imbalance: float
     redundant_experts: int
     sources: Mapping[str, str]
+    fw: Framework | None = None  # the framework profile (params/framework/): memory rule, graphs, host, all-to-all
+
+    @property
+    def kw(self) -> dict[str, Any]:
+        """Keyword arguments every roofline call of this framework takes."""
+        return {"expert_imbalance": self.expert_imbalance, "framework": self.fw}
 
 
 def frameworks() -> list[str]:
@@ -73,10 +80,14 @@ def frameworks() -> list[str]:
 
 
 def load_serving(framework: str = "sglang") -> ServingData:
-    """The serving data of `framework`; one error naming the file and field if it is wrong."""
+    """The serving data of `framework` (params/serving/<name>.yaml: chunking, KV hand-off) with
+    its framework profile (params/framework/<name>.yaml: memory, graphs, host, all-to-all);
+    one error naming the file and field if either is wrong or missing."""
+    fw = load_framework(framework)
     path = PARAMS_DIR / "serving" / f"{framework}.yaml"
     if not path.is_file():
-        raise InputError(f"unknown framework {framework!r} for serving (known: {', '.join(frameworks())})")
+        raise InputError(f"framework {framework!r} has no serving data (params/serving/{framework}.yaml: chunk size, "
+                         f"KV transfer); serving data exists for: {', '.join(frameworks())}")
     d = read_yaml(path)
     out: dict[str, Any] = {}
     for key in FRAMEWORK_FIELDS:
@@ -96,7 +107,7 @@ def load_serving(framework: str = "sglang") -> ServingData:
         layerwise=bool(out["kv_transfer_layerwise"]), setup=float(out["kv_transfer_setup_us"]) * 1e-6,
         nics=int(out["kv_transfer_nics"]), mtp_accept=float(out["mtp_accept"]),
         expert_imbalance=float(out["expert_imbalance"]), redundant_experts=int(out["redundant_experts"]),
-        sources={k: d[k]["source"] for k in FRAMEWORK_FIELDS},
+        sources={k: d[k]["source"] for k in FRAMEWORK_FIELDS}, fw=fw,
     )
 
 
@@ -218,8 +229,7 @@ def prefill_pool(m: Model, hw: Hardware, wl: Workload, layout: roofline.Layout, 
     """One prefill instance of `layout` running forwards of `tokens_per_device` new tokens."""
     red = redundant_for(m, layout.ep, sd.redundant_experts)
     red_scalar = int(np.max(red))  # one redundancy per call: the caller groups layouts by it
-    p = roofline.prefill(m, hw, wl, layout, tokens_per_device, isl, hit, expert_imbalance=sd.expert_imbalance,
-                         redundant_experts=red_scalar)
+    p = roofline.prefill(m, hw, wl, layout, tokens_per_device, isl, hit, redundant_experts=red_scalar, **sd.kw)
     gpus = np.asarray(layout.tp) * np.asarray(layout.dp)
     q = np.maximum((1.0 - hit) * np.asarray(isl, dtype=float), 1.0)
     per_forward = np.asarray(tokens_per_device, dtype=float) * gpus / q
@@ -244,9 +254,8 @@ def decode_pool(m: Model, hw: Hardware, wl: Workload, layout: roofline.Layout, i
     """One decode instance at `layout.batch` sequences per rank, at the mean KV length
     isl + osl/2: in steady state a full batch holds sequences at every stage of their output,
     so its KV cache (and step time) is that of the mean."""
-    kw = dict(expert_imbalance=sd.expert_imbalance, redundant_experts=red)
     isl, osl = np.asarray(isl, dtype=float), np.asarray(osl, dtype=float)
-    s = roofline.decode(m, hw, wl, layout, isl + osl / 2.0, mtp_accept, **kw)
+    s = roofline.decode(m, hw, wl, layout, isl + osl / 2.0, mtp_accept, redundant_experts=red, **sd.kw)
     mtp = mtp_accept > 1.0
     weights = roofline.weight_bytes_per_device(m, wl, layout, red, mtp)
     kv = roofline.kv_bytes_per_device(m, wl, layout.batch, isl + osl / 2.0, mtp)
@@ -287,10 +296,9 @@ def agg_pool(m: Model, hw: Hardware, wl: Workload, layout: roofline.Layout, chun
     batch = np.maximum(np.floor(batch), 1.0)
     u = batch * acc * q / osl
     lay = replace(layout, batch=batch)
-    kw = dict(expert_imbalance=sd.expert_imbalance, redundant_experts=red)
-    s = roofline.decode(m, hw, wl, lay, isl + osl / 2.0, mtp_accept, **kw)
+    s = roofline.decode(m, hw, wl, lay, isl + osl / 2.0, mtp_accept, redundant_experts=red, **sd.kw)
     tp = np.asarray(layout.tp, dtype=float)
-    pre = roofline.prefill(m, hw, wl, lay, np.maximum(u / tp, 1.0), isl, hit, **kw)
+    pre = roofline.prefill(m, hw, wl, lay, np.maximum(u / tp, 1.0), isl, hit, redundant_experts=red, **sd.kw)
     step = s.step_time + pre.time
     mtp = mtp_accept > 1.0
     weights = roofline.weight_bytes_per_device(m, wl, lay, red, mtp)
@@ -469,7 +477,7 @@ def serve_agg(m: Model, hw: Hardware, wl: Workload, spec: Mapping[str, int], *, 
     red = int(redundant_for(m, lay.ep, sd.redundant_experts))
     mtp = mtp_accept > 1.0
     if concurrency is None:
-        b = float(roofline.max_batch(m, hw, wl, lay, isl + osl / 2.0, red, mtp))
+        b = float(roofline.max_batch(m, hw, wl, lay, isl + osl / 2.0, red, mtp, framework=sd.fw))
         if b < 1:
             raise InputError(f"no sequence of {isl + osl / 2:,g} tokens fits beside the weights on {hw.name}")
     else:
@@ -531,10 +539,9 @@ def pool_ratio(m: Model, hw: Hardware, wl: Workload, prefill_layout: roofline.La
     isl, osl = np.broadcast_arrays(np.asarray(isl, dtype=float), np.asarray(osl, dtype=float))
     red_p = int(redundant_for(m, prefill_layout.ep, sd.redundant_experts))
     red_d = int(redundant_for(m, decode_layout.ep, sd.redundant_experts))
-    p = roofline.prefill(m, hw, wl, prefill_layout, tokens, isl, hit, expert_imbalance=sd.expert_imbalance,
-                         redundant_experts=red_p)
+    p = roofline.prefill(m, hw, wl, prefill_layout, tokens, isl, hit, redundant_experts=red_p, **sd.kw)
     per_gpu_prefill = p.input_tokens_per_s_per_device / isl
-    fit = roofline.max_batch(m, hw, wl, decode_layout, isl + osl / 2.0, red_d, mtp_accept > 1.0)
+    fit = roofline.max_batch(m, hw, wl, decode_layout, isl + osl / 2.0, red_d, mtp_accept > 1.0, framework=sd.fw)
     batch = np.maximum(np.minimum(float(decode_layout.batch), fit), 1.0)
     d = decode_pool(m, hw, wl, replace(decode_layout, batch=batch), isl, osl, mtp_accept, sd, red_d)
     per_gpu_decode = d.output_tokens_per_s_per_device / osl

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .errors import InputError
+from .frameworks import load_framework
 from .profiles import PARAMS_DIR, Hardware, Model, Workload, load_hardware, load_model, read_yaml
 from .policies import roofline as rl
 from .units import DTYPE_BYTES
@@ -35,6 +36,7 @@ _PHASE_FIELDS = {"decode": ("kv_len", "mtp_accept"), "prefill": ("tokens_per_gpu
 _LAYOUT = {"decode": ("tp", "dp", "moe_tp", "ep", "batch", "tbo"), "prefill": ("tp", "dp", "moe_tp", "ep", "tbo")}
 _DTYPES = ("weight", "kv", "dispatch", "combine")
 _DEPLOYMENT = ("expert_imbalance", "redundant_experts")
+_OPTIONAL = ("framework",)  # the serving framework's profile (params/framework/); default SGLang
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class SystemPoint:
     tolerance_pct: float
     attribution: str
     conditions: Mapping[str, float]  # kv_len, mtp_accept (decode) or tokens_per_gpu, prompt_len, kv_cache_hit_rate
+    framework: str = "sglang"
 
 
 def _number(where: str, key: str, value: Any, lower: float = 0.0, strict: bool = True) -> float:
@@ -60,6 +63,13 @@ def _number(where: str, key: str, value: Any, lower: float = 0.0, strict: bool =
     if value < lower or (strict and value == lower):
         raise InputError(f"{where}: field '{key}': must be {'>' if strict else '≥'} {lower:g}, got {value!r}")
     return float(value)
+
+
+def _framework_name(where: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise InputError(f"{where}: field 'framework': must be a framework profile name, got {value!r}")
+    load_framework(value)  # one error line if it is unknown
+    return value
 
 
 def load_points(path: Path | None = None) -> list[SystemPoint]:
@@ -79,7 +89,7 @@ def load_points(path: Path | None = None) -> list[SystemPoint]:
         for key in _COMMON + _PHASE_FIELDS[phase]:
             if key not in p:
                 raise InputError(f"{where}: field '{key}': missing")
-        unknown = set(p) - set(_COMMON) - set(_PHASE_FIELDS[phase])
+        unknown = set(p) - set(_COMMON) - set(_PHASE_FIELDS[phase]) - set(_OPTIONAL)
         if unknown:
             raise InputError(f"{where}: field '{sorted(unknown)[0]}': unknown key for a {phase} point")
         if p["id"] in seen:
@@ -111,6 +121,7 @@ def load_points(path: Path | None = None) -> list[SystemPoint]:
             published=_number(where, "published", p["published"]),
             tolerance_pct=_number(where, "tolerance_pct", p["tolerance_pct"]),
             attribution=p["attribution"].strip(), conditions=conditions,
+            framework=_framework_name(where, p.get("framework", "sglang")),
         ))
     return out
 
@@ -138,7 +149,8 @@ def compute(point: SystemPoint, m: Model, hw: Hardware, expert_imbalance: float 
     """The model's figure for `point`, in its metric (imbalance overridable, for solving)."""
     wl = workload(point)
     imbalance = point.deployment["expert_imbalance"] if expert_imbalance is None else expert_imbalance
-    kw = dict(expert_imbalance=imbalance, redundant_experts=int(point.deployment["redundant_experts"]))
+    kw = dict(expert_imbalance=imbalance, redundant_experts=int(point.deployment["redundant_experts"]),
+              framework=load_framework(point.framework))
     c = point.conditions
     per_node = hw.scale_up_domain
     if point.phase == "prefill":
@@ -184,6 +196,7 @@ def validate(points: list[SystemPoint] | None = None) -> list[dict[str, Any]]:
             "attribution": p.attribution,
             "hardware": hw.name,
             "phase": p.phase,
+            "framework": p.framework,
         })
     return records
 

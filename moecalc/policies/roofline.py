@@ -40,6 +40,7 @@ import numpy as np
 
 from .. import counts, schedule
 from ..errors import InputError
+from ..frameworks import Framework, load_framework
 from ..profiles import EFFICIENCY_FIELDS, EFFICIENCY_OPTIONAL, Hardware, Model, Workload
 from ..units import US, dtype_bytes
 
@@ -63,12 +64,11 @@ class Efficiency:
     tbo_overhead: float
     comm_sms: int
     mma_tile_rows: int
-    usable_memory: float
     sources: Mapping[str, str] = field(default_factory=dict)
 
 
 # What an optional entry means when a profile leaves it out (see profiles.EFFICIENCY_OPTIONAL).
-_ABSENT = {"comm_sms": 0, "mma_tile_rows": 1, "usable_memory": 1.0}
+_ABSENT = {"comm_sms": 0, "mma_tile_rows": 1}
 
 
 def efficiency(hw: Hardware) -> Efficiency:
@@ -98,7 +98,6 @@ def efficiency(hw: Hardware) -> Efficiency:
         tbo_overhead=value("tbo_overhead_us"),
         comm_sms=int(value("comm_sms")),
         mma_tile_rows=int(value("mma_tile_rows")),
-        usable_memory=value("usable_memory"),
         sources={k: v["source"] for k, v in e.items() if v},
     )
 
@@ -255,6 +254,25 @@ def low_latency_a2a_time(nbytes, ranks, dev: Device):
     return np.where(np.asarray(ranks) > 1, t + dev.eff.dispatch_latency, 0.0)
 
 
+def allgather_reducescatter_time(tokens, hidden: int, tp, dp, dispatch_bytes: float, combine_bytes: float,
+                                 dev: Device):
+    """MoE tokens without an all-to-all kernel (vLLM's and TensorRT-LLM's default path): the
+    `tokens` of each attention-DP rank are all-gathered over the dp ranks before the experts
+    (each device receives the other dp − 1 ranks' tokens), and the expert outputs, partial
+    sums over every device's experts, are reduce-scattered over all tp · dp devices and
+    gathered back inside each TP group. Ring collectives: over the scale-up link inside a
+    domain, the scale-out link beyond it, each paying the all-reduce latency floor.
+    Returns (gather, reduce) seconds; 0 on one device."""
+    tp = np.asarray(tp, dtype=float)
+    dp = np.asarray(dp, dtype=float)
+    n = tp * dp
+    bw = np.where(n <= dev.scale_up_domain, dev.scale_up_bandwidth, dev.scale_out_bandwidth)
+    gather = (dp - 1.0) * tokens * hidden * dispatch_bytes / bw + dev.eff.all_reduce_latency
+    reduce = ((n - 1.0) / n * dp * tokens + (tp - 1.0) / tp * tokens) * hidden * combine_bytes / bw \
+        + dev.eff.all_reduce_latency
+    return np.where(dp > 1, gather, 0.0), np.where(n > 1, reduce, 0.0)
+
+
 def _comb_ratio(pool: float, avoid: float, k: int) -> float:
     """P(k draws without replacement from `pool` items all miss `avoid` given items)."""
     p = 1.0
@@ -400,21 +418,29 @@ def kv_bytes_per_device(m: Model, wl: Workload, batch, kv_len, mtp: bool = False
     return np.asarray(batch, dtype=float) * kv_len * per_token
 
 
+def usable_memory(hw: Hardware, framework: Framework | str | None, weights):
+    """Bytes per device the framework lets weights and KV cache take together: its memory
+    rule (:meth:`moecalc.frameworks.Framework.usable_memory`) over the capacity the device
+    reports (``memory_reported_mib``, else the datasheet)."""
+    return load_framework(framework).usable_memory(hw.memory_device_bytes, weights)
+
+
 def max_batch(m: Model, hw: Hardware, wl: Workload, layout: Layout, kv_len, redundant_experts: int = 0,
-              mtp: bool = False, kv_bytes_per_token=None, memory_cap=None):
+              mtp: bool = False, kv_bytes_per_token=None, memory_cap=None, framework: Framework | str | None = None):
     """Largest whole number of sequences per attention-DP rank whose KV cache fits beside the
     weights on one device: floor((usable − weights) / (kv_len × KV bytes per token)), 0 when
-    the weights alone leave no room. The inverse of ``DecodeStep.fits``: usable memory is the
-    profile's ``usable_memory`` share of its capacity (or `memory_cap` bytes if smaller, e.g.
-    a workload's cap); weights as :func:`weight_bytes_per_device`. Every TP rank of a group
+    the weights alone leave no room. The inverse of ``DecodeStep.fits``: usable memory is what
+    the framework's memory rule allows (:func:`usable_memory`; or `memory_cap` bytes if
+    smaller, e.g. a workload's cap); weights as :func:`weight_bytes_per_device`. Every TP rank of a group
     holds the whole group's cache, so a device holds ``max_batch`` sequences' KV and serves
     ``max_batch / tp`` of them. `kv_bytes_per_token` (all layers, MTP's included if any)
     overrides the workload's KV dtype, e.g. for an FP8 cache with its scales
     (:func:`moecalc.counts.kv_format_bytes_per_token`). Arrays broadcast over layouts."""
-    usable = hw.memory_bytes * efficiency(hw).usable_memory
+    weights = weight_bytes_per_device(m, wl, layout, redundant_experts, mtp)
+    usable = usable_memory(hw, framework, weights)
     if memory_cap is not None:
-        usable = min(usable, float(memory_cap))
-    free = usable - weight_bytes_per_device(m, wl, layout, redundant_experts, mtp)
+        usable = np.minimum(usable, float(memory_cap))
+    free = usable - weights
     per_seq = (kv_bytes_per_device(m, wl, 1.0, kv_len, mtp) if kv_bytes_per_token is None
                else np.asarray(kv_len, dtype=float) * kv_bytes_per_token)
     return np.maximum(np.floor(free / per_seq), 0.0)
@@ -481,6 +507,7 @@ class _Ctx:
     ep: object
     imbalance: object
     slots: object  # routed expert copies per EP rank
+    fw: Framework
 
 
 def _gemm(c: _Ctx, rows, n_in, n_out, flop_rate=None, groups=1.0, w_bytes=None):
@@ -560,7 +587,11 @@ def _moe(c: _Ctx, tokens, phase: str):
         "routed_experts": _mlp(c, pairs / hit, m.hidden_size, width, c.dev.grouped_flops, hit),
     }
     copies = local * m.num_experts_per_tok
-    if phase == "decode":  # low-latency kernels: one message per expert copy
+    kind = c.fw.a2a_decode if phase == "decode" else c.fw.a2a_prefill
+    if kind == "allgather_reducescatter":  # no all-to-all kernel: NCCL collectives over the EP group
+        ops["dispatch"], ops["combine"] = allgather_reducescatter_time(tokens, m.hidden_size, c.tp, c.dp,
+                                                                       c.dispatch_bytes, c.combine_bytes, c.dev)
+    elif kind == "deepep_low_latency":  # low-latency kernels: one message per expert copy
         ranks = c.ep * c.moe_tp
         # their send and receive halves run on the compute stream (the transfer in between
         # does not): dispatch packs each copy (FP8 cast), combine sends the expert outputs back
@@ -598,7 +629,8 @@ def _head(c: _Ctx, tokens):
             + elementwise_time(tokens * v * FP32_BYTES, c.dev))
 
 
-def _context(m: Model, hw: Hardware, wl: Workload, layout: Layout, expert_imbalance, redundant_experts: int) -> _Ctx:
+def _context(m: Model, hw: Hardware, wl: Workload, layout: Layout, expert_imbalance, redundant_experts: int,
+             framework: Framework | str | None = None) -> _Ctx:
     if np.any(np.asarray(expert_imbalance) < 1.0):
         raise InputError(f"expert imbalance is max/mean load per EP rank, so ≥ 1; got {expert_imbalance}")
     if redundant_experts < 0:
@@ -611,12 +643,38 @@ def _context(m: Model, hw: Hardware, wl: Workload, layout: Layout, expert_imbala
         dispatch_bytes=wire_bytes(wl.dispatch_dtype), combine_bytes=wire_bytes(wl.combine_dtype),
         tp=np.asarray(layout.tp, dtype=float), dp=np.asarray(layout.dp, dtype=float),
         moe_tp=np.asarray(layout.moe_tp, dtype=float), ep=ep, imbalance=np.asarray(expert_imbalance, dtype=float),
-        slots=(m.n_routed_experts + redundant_experts) / ep,
+        slots=(m.n_routed_experts + redundant_experts) / ep, fw=load_framework(framework),
     )
 
 
 def _total(ops: Mapping[str, object]):
     return sum(np.asarray(v, dtype=float) for v in ops.values())
+
+
+# Kernels each op launches as the roofline prices it (the ones whose floor it pays). NCCL and
+# DeepEP transfers count one kernel each when they run; the low-latency kernels' send and
+# receive halves are the four of ``a2a_kernels``, their transfers none of their own.
+KERNELS = {
+    "attn_norm": 1, "qkv_a_proj": 1, "q_b_proj": 1, "kv_b_proj": 1, "q_absorb": 1, "rope_cache": 1,
+    "attention": 1, "o_absorb": 1, "o_proj": 1, "all_reduce": 1, "moe_norm": 1, "gate": 2,
+    "shared_expert": 3, "routed_experts": 3, "a2a_kernels": 4, "dispatch": 1, "combine": 1,
+    "mlp_norm": 1, "dense_mlp": 3, "all_reduce_mlp": 1,
+}
+_NO_KERNEL_OF_ITS_OWN = {"deepep_low_latency": ("dispatch", "combine")}
+
+
+def kernels(ops: Mapping[str, object], c: "_Ctx | None" = None):
+    """Kernels one layer launches: :data:`KERNELS` of every op that takes time (arrays over
+    layouts where an op vanishes, e.g. the all-reduce at TP 1)."""
+    skip = _NO_KERNEL_OF_ITS_OWN.get(c.fw.a2a_decode, ()) if c is not None else ()
+    return sum(KERNELS.get(k, 1) * (np.asarray(v) > 0) for k, v in ops.items() if k not in skip)
+
+
+def _eager(ops: Mapping[str, object], in_graph, launch: float, skip=()) -> dict:
+    """Op times when the step runs outside a CUDA graph: the host launches every kernel, so an
+    op takes at least its kernels × the host launch cost (the GPU waits for the CPU)."""
+    return {k: np.where(in_graph, v, np.maximum(v, KERNELS.get(k, 1) * launch * (k not in skip) * (np.asarray(v) > 0)))
+            for k, v in ops.items()}
 
 
 # ---------------------------------------------------------------- decode
@@ -637,11 +695,13 @@ class DecodeStep:
     flops_per_device: object
     weight_bytes: object
     kv_bytes: object
-    memory_capacity: float
-    memory_usable: float = 0.0  # bytes per device for weights + KV (usable_memory × capacity)
+    memory_capacity: float  # bytes the device reports (what frameworks apply their fractions to)
+    memory_usable: object = 0.0  # bytes per device for weights + KV under the framework's memory rule
     step_time_tbo: object = None  # seconds per step with two-batch overlap, whatever the layout says
     tbo_dense_layer: Mapping[str, object] | None = None  # op → seconds, one dense layer, one of TBO's two micro-batches
     tbo_moe_layer: Mapping[str, object] | None = None  # op → seconds, one MoE layer, one of TBO's two micro-batches
+    framework: str = ""  # the framework profile's name and version
+    in_graph: object = True  # the step replays a CUDA graph (else the host launches each kernel)
 
     @property
     def tpot(self):
@@ -671,6 +731,7 @@ def decode(
     *,
     expert_imbalance=1.0,
     redundant_experts: int = 0,
+    framework: Framework | str | None = None,
 ) -> DecodeStep:
     """One decode step of `layout.batch` sequences per attention DP rank at KV length kv_len.
 
@@ -678,17 +739,23 @@ def decode(
     the model, runs the MTP module once, and keeps ``mtp_accept`` tokens on average.
     ``expert_imbalance`` (max/mean routed load per EP rank, ≥ 1) scales the busiest rank's
     expert GEMMs and its dispatch/combine; ``redundant_experts`` are extra expert copies
-    (EPLB), held (E + redundant) / ep per EP rank."""
+    (EPLB), held (E + redundant) / ep per EP rank. ``framework`` (a profile name, path or
+    :class:`~moecalc.frameworks.Framework`; default SGLang) sets the memory rule, the CUDA
+    graph limit above which the host launches every kernel, the host time per step and the
+    MoE all-to-all."""
     if not mtp_accept >= 1.0 or not math.isfinite(mtp_accept):
         raise InputError(f"MTP acceptance is accepted tokens per step, ≥ 1; got {mtp_accept}")
     mtp = mtp_accept > 1.0
     per_seq = 1.0 + mtp_draft if mtp else 1.0
     if mtp_accept > per_seq:
         raise InputError(f"MTP acceptance {mtp_accept:g} exceeds the {per_seq:g} tokens a step verifies")
-    c = _context(m, hw, wl, layout, expert_imbalance, redundant_experts)
+    c = _context(m, hw, wl, layout, expert_imbalance, redundant_experts, framework)
     batch = np.asarray(layout.batch, dtype=float)
     tbo = np.asarray(layout.tbo, dtype=bool)
     kv = np.asarray(kv_len, dtype=float)
+    c.fw.check_graph(batch, c.tp)
+    graph = c.fw.in_graph(batch, c.tp)
+    skip = _NO_KERNEL_OF_ITS_OWN.get(c.fw.a2a_decode, ())
 
     def step(seqs):
         """(dense layer ops, MoE layer ops, head) for `seqs` sequences per attention DP rank."""
@@ -699,6 +766,7 @@ def decode(
         head = _head(c, tokens)
         if mtp:  # the MTP module: hidden and embedding concatenated, projected, one MoE layer
             head = head + _total(moe) + _gemm(c, tokens, 2 * m.hidden_size, m.hidden_size)
+        dense, moe = _eager(dense, graph, c.fw.eager_launch, skip), _eager(moe, graph, c.fw.eager_launch, skip)
         return dense, moe, head
 
     nd, nm = m.n_dense_layers, m.n_moe_layers
@@ -708,12 +776,15 @@ def decode(
     overhead = c.dev.eff.tbo_overhead
     tbo_time = (nd * tbo_layer_time(d2, DENSE_STAGES, overhead) + nm * tbo_layer_time(m2, DECODE_STAGES, overhead)
                 + 2.0 * h2)
+    # the host's work per step (scheduling, output processing) beside or after the GPU's
+    serial, tbo_time = c.fw.step_time(serial), c.fw.step_time(tbo_time)
 
     # FLOPs the step needs per device (for MFU): absorbed MLA, wkv_a on the new tokens only.
     tokens = batch * per_seq
     mla = counts.mla_flops(m, tokens, kv, 1.0, "absorbed") + 2.0 * tokens * m.hidden_size * m.kv_cache_dim
     moe_ffn = counts.expert_flops(m, tokens * (m.num_experts_per_tok + m.n_shared_experts))
     flops = (nm * (mla + moe_ffn) + nd * (mla + counts.dense_mlp_flops(m, tokens)) + counts.lm_head_flops(m, tokens)) / c.tp
+    weights = weight_bytes_per_device(m, wl, layout, redundant_experts, mtp)
     return DecodeStep(
         dense_layer=dense,
         moe_layer=moe,
@@ -724,13 +795,15 @@ def decode(
         batch=batch,
         devices=c.tp * c.dp,
         flops_per_device=flops,
-        weight_bytes=weight_bytes_per_device(m, wl, layout, redundant_experts, mtp),
+        weight_bytes=weights,
         kv_bytes=kv_bytes_per_device(m, wl, batch, kv, mtp),
-        memory_capacity=hw.memory_bytes,
-        memory_usable=hw.memory_bytes * c.dev.eff.usable_memory,
+        memory_capacity=hw.memory_device_bytes,
+        memory_usable=c.fw.usable_memory(hw.memory_device_bytes, weights),
         step_time_tbo=tbo_time,
         tbo_dense_layer=d2,
         tbo_moe_layer=m2,
+        framework=f"{c.fw.name} {c.fw.version}",
+        in_graph=graph,
     )
 
 
@@ -748,12 +821,13 @@ def mfu(step, hw: Hardware, wl: Workload):
 
 def check_fits(step: "DecodeStep | PrefillPass", hw: Hardware, what: str) -> None:
     """One error, saying by how much, when a scalar step's weights and KV do not fit."""
-    need, have = float(np.max(step.memory_bytes)), float(step.memory_usable)
+    need, have = float(np.max(step.memory_bytes)), float(np.min(step.memory_usable))
     if need > have:
+        under = f" under {step.framework}'s memory rule" if step.framework else ""
         raise InputError(
             f"{what} does not fit on {hw.name}: it needs {need / 1e9:.1f} GB per device (weights "
             f"{float(np.max(step.weight_bytes)) / 1e9:.1f} GB + KV cache {float(np.max(step.kv_bytes)) / 1e9:.1f} GB), "
-            f"{have / 1e9:.1f} GB are usable, over by {(need - have) / 1e9:.1f} GB")
+            f"{have / 1e9:.1f} GB are usable{under}, over by {(need - have) / 1e9:.1f} GB")
 
 
 # ---------------------------------------------------------------- prefill
@@ -776,10 +850,11 @@ class PrefillPass:
     flops_per_device: object
     weight_bytes: object
     kv_bytes: object
-    memory_usable: float
+    memory_usable: object
     # op → seconds of one of TBO's two micro-batches (half the tokens, on the SMs the all-to-all leaves)
     tbo_dense_layer: Mapping[str, object] | None = None
     tbo_moe_layer: Mapping[str, object] | None = None
+    framework: str = ""  # the framework profile's name and version
 
     @property
     def tokens_per_s_per_device(self):
@@ -811,6 +886,7 @@ def prefill(
     *,
     expert_imbalance=1.0,
     redundant_experts: int = 0,
+    framework: Framework | str | None = None,
 ) -> PrefillPass:
     """One prefill forward of `tokens_per_device` new prompt tokens per device.
 
@@ -828,7 +904,7 @@ def prefill(
     n = np.asarray(tokens_per_device, dtype=float)
     if np.any(n < 1):
         raise InputError("tokens per device must be at least one")
-    c = _context(m, hw, wl, layout, expert_imbalance, redundant_experts)
+    c = _context(m, hw, wl, layout, expert_imbalance, redundant_experts, framework)
     q = np.maximum((1.0 - hit) * L, 1.0)  # new tokens per prompt
     tbo = np.asarray(layout.tbo, dtype=bool)
 
@@ -862,6 +938,7 @@ def prefill(
     moe_ffn = counts.expert_flops(m, tokens * (m.num_experts_per_tok + m.n_shared_experts))
     flops = (nm * (mla + moe_ffn) + nd * (mla + counts.dense_mlp_flops(m, tokens)) + counts.lm_head_flops(m, seqs)) / c.tp
     kv = kv_bytes_per_device(m, wl, seqs, L)
+    weights = weight_bytes_per_device(m, wl, layout, redundant_experts)
     return PrefillPass(
         dense_layer=dense,
         moe_layer=moe,
@@ -874,9 +951,10 @@ def prefill(
         prompt_len=L,
         devices_per_node=hw.scale_up_domain,
         flops_per_device=flops,
-        weight_bytes=weight_bytes_per_device(m, wl, layout, redundant_experts),
+        weight_bytes=weights,
         kv_bytes=kv,
-        memory_usable=hw.memory_bytes * c.dev.eff.usable_memory,
+        memory_usable=c.fw.usable_memory(hw.memory_device_bytes, weights),
         tbo_dense_layer=d2,
         tbo_moe_layer=m2,
+        framework=f"{c.fw.name} {c.fw.version}",
     )

@@ -1,0 +1,198 @@
+"""Framework profiles (params/framework/): loading, memory rules, CUDA graphs, host time,
+all-to-all choice, and their CLI. Expected values come from the frameworks' own defaults (as
+the profiles cite them) and the device capacities, computed by hand in the comments."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from moecalc import frameworks, profiles
+from moecalc.errors import InputError
+from moecalc.policies import roofline as rl
+from moecalc.units import GiB, MiB
+
+H200_REPORTED = 143_771 * MiB  # nvidia-smi memory.total, 150.754820096 GB
+
+
+@pytest.fixture(scope="module")
+def m():
+    return profiles.load_model("deepseek-v3")
+
+
+@pytest.fixture(scope="module")
+def wl():
+    return profiles.load_workload("seed-003")
+
+
+@pytest.fixture(scope="module")
+def h200():
+    return profiles.load_hardware("h200")
+
+
+MOECALC = Path(sys.executable).with_name("moecalc")
+
+
+def _cli(*argv):
+    return subprocess.run([str(MOECALC), *argv], capture_output=True, text=True, timeout=60)
+
+
+def _yaml(tmp_path, name="custom", **changes):
+    """A copy of sglang.yaml with some entries' values replaced ("section.key": value)."""
+    import yaml
+
+    data = yaml.safe_load((profiles.PARAMS_DIR / "framework" / "sglang.yaml").read_text())
+    for key, value in changes.items():
+        section, field = key.split("__")
+        data[section][field] = {"value": value, "source": "test"}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    return path
+
+
+# ---------------------------------------------------------------- loading
+
+
+def test_shipped_profiles_hold_the_frameworks_defaults():
+    sgl, trt, vll = (frameworks.load_framework(n) for n in ("sglang", "trtllm", "vllm"))
+    assert (sgl.memory_rule, sgl.memory_fraction, sgl.reserved_bytes) == ("total", 0.835, 0.0)
+    assert (sgl.graph_max_batch, sgl.graph_max_batch_tp4) == (256, 512)  # memory_hook.py, 60-160 GiB GPUs
+    assert (trt.memory_rule, trt.memory_fraction, trt.graph_max_batch) == ("free", 0.9, 128)
+    assert (vll.memory_rule, vll.memory_fraction, vll.graph_max_batch) == ("total", 0.92, 512)
+    assert (sgl.a2a_decode, sgl.a2a_prefill) == ("deepep_low_latency", "deepep_normal")
+    assert vll.a2a_decode == trt.a2a_decode == "allgather_reducescatter"
+    assert all(f.overlap_scheduler for f in (sgl, trt, vll))
+    assert frameworks.load_framework(None).key == "sglang"  # the default
+    assert all(v for v in sgl.sources.values())
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"memory__rule": "half"}, "memory.rule.value"),
+    ({"memory__fraction": 1.5}, "memory.fraction.value"),
+    ({"all_to_all__decode": "carrier-pigeon"}, "all_to_all.decode.value"),
+    ({"cuda_graph__max_batch": 0}, "cuda_graph.max_batch.value"),
+    ({"scheduler__overlap": "yes"}, "scheduler.overlap.value"),
+])
+def test_bad_profile_is_one_line_naming_file_and_field(tmp_path, change, field):
+    path = _yaml(tmp_path, **change)
+    with pytest.raises(InputError) as e:
+        frameworks.load_framework(str(path))
+    msg = str(e.value)
+    assert "\n" not in msg and str(path) in msg and f"'{field}'" in msg
+
+
+def test_unknown_framework_is_one_line():
+    with pytest.raises(InputError, match=r"unknown framework profile 'tgi' \(known: sglang, trtllm, vllm\)"):
+        frameworks.load_framework("tgi")
+    r = _cli("decode", "--hardware", "h800", "--tp", "1", "--batch", "8", "--kv-len", "100", "--framework", "tgi")
+    assert r.returncode == 2 and r.stdout == "" and len(r.stderr.splitlines()) == 1
+    assert "unknown framework profile 'tgi'" in r.stderr
+
+
+# ---------------------------------------------------------------- memory rules
+
+
+def test_memory_rules_by_hand(m, wl, h200):
+    assert h200.memory_device_bytes == pytest.approx(150.754820096e9)
+    lay = rl.Layout(tp=8, dp=1, moe_tp=1, ep=8, batch=1)
+    w = float(rl.weight_bytes_per_device(m, wl, lay))
+    # SGLang: 0.835 × 150.7548 GB = 125.880 GB for weights and KV, whatever the weights
+    assert float(rl.usable_memory(h200, "sglang", w)) == pytest.approx(0.835 * 150.754820096e9)
+    # vLLM: 0.92 × 150.7548 GB − 5 GiB (activations, graphs) = 133.326 GB
+    assert float(rl.usable_memory(h200, "vllm", w)) == pytest.approx(0.92 * 150.754820096e9 - 5 * GiB)
+    # TensorRT-LLM: the weights, then 0.9 of what is left after them and 5 GiB of runtime buffers
+    assert float(rl.usable_memory(h200, "trtllm", w)) == pytest.approx(w + 0.9 * (150.754820096e9 - w - 5 * GiB))
+
+
+def test_trtllm_answers_what_sglangs_memory_rule_refuses(m, wl, h200):
+    """8 × H200, attention TP8, MoE EP8, 75 sequences at 8,192 KV tokens (BF16 KV: 61 layers ×
+    576 × 2 B = 70,272 B per token, 43.2 GB for 75 × 8,192 tokens), weights ≈ 89 GB: SGLang's
+    0.835 × 150.75 GB = 125.9 GB is too little, TensorRT-LLM's 89 + 0.9 × (150.75 − 89 − 5.4)
+    ≈ 139.8 GB holds it."""
+    bf16 = profiles.Workload(**{**wl.__dict__, "kv_dtype": "bf16"})
+    lay = rl.Layout(tp=8, dp=1, moe_tp=1, ep=8, batch=75)
+    kv = float(rl.kv_bytes_per_device(m, bf16, 75, 8192))
+    assert kv == pytest.approx(75 * 8192 * 61 * 576 * 2)
+    sgl = rl.decode(m, h200, bf16, lay, 8192, framework="sglang")
+    with pytest.raises(InputError, match=r"does not fit on H200.*under SGLang 0\.5\.23's memory rule, over by"):
+        rl.check_fits(sgl, h200, "batch 75")
+    trt = rl.decode(m, h200, bf16, lay, 8192, framework="trtllm")
+    rl.check_fits(trt, h200, "batch 75")  # no error
+    assert float(rl.max_batch(m, h200, bf16, lay, 8192, framework="trtllm")) > 75 > float(
+        rl.max_batch(m, h200, bf16, lay, 8192, framework="sglang"))
+    # and through the command line
+    base = ["decode", "--hardware", "h200", "--tp", "8", "--ep", "8", "--batch", "75", "--kv-len", "8192",
+            "--dtype", "bf16", "--json"]
+    r = _cli(*base)
+    assert r.returncode == 2 and "does not fit" in r.stderr
+    r = _cli(*base, "--framework", "trtllm")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["framework"]["name"] == "TensorRT-LLM" and d["fits"] is True
+    assert d["memory_capacity_gb"] == pytest.approx(150.754820096)
+
+
+# ---------------------------------------------------------------- CUDA graphs and host time
+
+
+def test_batch_beyond_required_graphs_is_refused(tmp_path, m, wl):
+    hw = profiles.load_hardware("h800")
+    path = _yaml(tmp_path, cuda_graph__required=True, cuda_graph__max_batch=64, cuda_graph__max_batch_tp4=64)
+    lay = rl.Layout(tp=1, dp=16, moe_tp=1, ep=16, batch=64)
+    rl.decode(m, hw, wl, lay, 2048, framework=str(path))  # at the limit: runs
+    with pytest.raises(InputError, match=r"runs decode only inside CUDA graphs .* up to 64 .* batch 65 is larger"):
+        rl.decode(m, hw, wl, rl.Layout(tp=1, dp=16, moe_tp=1, ep=16, batch=65), 2048, framework=str(path))
+    r = _cli("decode", "--hardware", "h800", "--tp", "1", "--ep", "16", "--batch", "65", "--kv-len", "2048",
+             "--framework", str(path))
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and "CUDA graphs" in r.stderr
+    # the search marks such layouts instead of ranking them
+    from moecalc import search
+
+    res = search.search(m, hw, wl, [16], np.array([32, 64, 65, 128]), framework=str(path), tp=[1])
+    assert res.rejected()["beyond the framework's CUDA graphs"] > 0
+    assert all(row["batch"] <= 64 for row in res.summary(50)["top"])
+
+
+def test_eager_steps_pay_a_host_launch_per_kernel(m, wl):
+    """Above SGLang's 256-sequence graph (TP1) every kernel waits for an 8 µs host launch: a
+    MoE layer of the roofline's 21 kernels then takes at least 21 × 8 = 168 µs."""
+    hw = profiles.load_hardware("h800")
+    lay = rl.Layout(tp=1, dp=8, moe_tp=1, ep=8, batch=np.array([256.0, 257.0]))
+    s = rl.decode(m, hw, wl, lay, 128)
+    assert list(np.asarray(s.in_graph)) == [True, False]
+    moe = {k: np.asarray(v)[1] for k, v in s.moe_layer.items()}
+    assert sum(moe.values()) >= 21 * 8e-6
+    assert float(np.asarray(s.step_time)[1]) > float(np.asarray(s.step_time)[0])
+
+
+def test_host_time_hides_behind_the_gpu_only_with_the_overlapped_scheduler(tmp_path, m, wl):
+    hw = profiles.load_hardware("h800")
+    lay = rl.Layout(tp=1, dp=8, moe_tp=1, ep=8, batch=32)
+    on = rl.decode(m, hw, wl, lay, 2048, framework="sglang")
+    off = rl.decode(m, hw, wl, lay, 2048, framework=str(_yaml(tmp_path, scheduler__overlap=False)))
+    # sglang#5608: 16 / 3053.86 − 16 / 3458.31 s = 0.613 ms of host work per step
+    assert float(off.step_time - on.step_time) == pytest.approx(16 / 3053.86 - 16 / 3458.31, abs=5e-6)
+    slow_host = _yaml(tmp_path, "slow", scheduler__host_step_us=1e6)  # a second of host work per step
+    assert float(rl.decode(m, hw, wl, lay, 2048, framework=str(slow_host)).step_time) == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- all-to-all
+
+
+def test_allgather_reducescatter_by_hand(m, wl):
+    """vLLM's default MoE path at attention TP8, EP8 on one H200 node, 64 sequences: no
+    gather (one DP rank holds every token), then the expert outputs reduce-scattered over the
+    8 GPUs and gathered back inside the TP group: (7/8 + 7/8) × 64 × 7168 × 2 B over NVLink at
+    450 GB/s × 0.70, plus the all-reduce floor."""
+    hw = profiles.load_hardware("h200")
+    s = rl.decode(m, hw, wl, rl.Layout(tp=8, dp=1, moe_tp=1, ep=8, batch=64), 2048, framework="vllm")
+    floor = rl.efficiency(hw).all_reduce_latency
+    assert float(s.moe_layer["dispatch"]) == 0.0
+    expected = (7 / 8 + 7 / 8) * 64 * 7168 * 2 / (450e9 * 0.70) + floor
+    assert float(s.moe_layer["combine"]) == pytest.approx(expected, rel=1e-9)
+    assert "a2a_kernels" not in s.moe_layer
