@@ -281,7 +281,8 @@ def plan(m: Model, hw: Hardware, wl: Workload, gpus: int, *, isl: int | None = N
         n = int(np.count_nonzero(flat > 0))
         if n == 0:
             return np.zeros(0, dtype=np.int64)
-        cut = np.partition(flat, flat.size - min(k, n))[flat.size - min(k, n)]
+        pos = flat[flat > 0]
+        cut = np.partition(pos, n - min(k, n))[n - min(k, n)]
         idx = np.flatnonzero(flat >= cut * (1 - 1e-6))  # the top k and everything tied with them
         key = np.round(flat[idx] / cut, 6)
         room = np.broadcast_to(headroom, values.shape).ravel()[idx]

@@ -132,10 +132,17 @@ def erlang_c(c, a):
     c = np.asarray(c, dtype=np.int64)
     a = np.asarray(a, dtype=float)
     c, a = np.broadcast_arrays(c, a)
-    b = np.ones(a.shape)
-    for k in range(1, int(c.max(initial=1)) + 1):
-        nb = a * b / (k + a * b)
-        b = np.where(k <= c, nb, b)
+    # the recursion runs to each element's own c: elements sorted by c, the finished ones dropped
+    order = np.argsort(c, axis=None, kind="stable")
+    cs, av = c.ravel()[order], a.ravel()[order]
+    bs = np.ones(cs.shape)
+    for k in range(1, int(cs[-1]) + 1 if cs.size else 1):
+        i = np.searchsorted(cs, k)  # cs[i:] ≥ k
+        x = av[i:] * bs[i:]
+        bs[i:] = x / (k + x)
+    b = np.empty(cs.shape)
+    b[order] = bs
+    b = b.reshape(a.shape)
     stable = a < c
     with np.errstate(divide="ignore", invalid="ignore"):
         out = np.where(stable, c * b / (c - a * (1.0 - b)), 1.0)
