@@ -127,8 +127,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     def text() -> str:
         from . import report
 
-        out = [f"{m.name} on {args.gpus} × {hw.name}, ISL {data['isl']:,} / OSL {data['osl']:,}, TTFT ≤ "
-               f"{data['ttft_slo_ms']} ms, TPOT ≤ {data['tpot_slo_ms']} ms; {data['plans']:,} plans; queue "
+        def slo(v):
+            return "none" if v is None else f"{v:,.0f} ms"
+
+        out = [f"{m.name} on {args.gpus} × {hw.name}, ISL {data['isl']:,} / OSL {data['osl']:,}, TTFT SLO "
+               f"{slo(data['ttft_slo_ms'])}, TPOT SLO {slo(data['tpot_slo_ms'])}; {data['plans']:,} plans; queue "
                f"{data['queue_model']}"]
         for mode in ("disagg", "agg"):
             s = data[mode]

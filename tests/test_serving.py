@@ -234,3 +234,15 @@ def test_serve_and_plan_json():
                "--json")
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["usd_per_mtok_output"] is None  # JSON null, never NaN
+
+
+def test_plan_best_agg_replays_in_serve(lmsys_plan, ctx):
+    m, hw, wl, sd = ctx
+    a = lmsys_plan["agg"]["best"]
+    lay = a["layout"]
+    r = serving.serve_agg(m, hw, wl, {k: lay[k] for k in ("tp", "dp", "ep", "instances", "tbo")}, isl=2000, osl=100,
+                          concurrency=lay["batch"] * lay["dp"] * lay["instances"], chunk=lay["chunk"],
+                          mtp_accept=lay["mtp_accept"], sd=sd)
+    assert r["tpot_ms"] == pytest.approx(a["tpot_ms"], rel=1e-9)
+    assert r["ttft_ms"] == pytest.approx(a["ttft_ms"], rel=1e-9)
+    assert r["output_tokens_per_s_per_gpu"] == pytest.approx(a["goodput_tokens_per_s_per_gpu"], rel=1e-9)
