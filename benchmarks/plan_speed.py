@@ -7,6 +7,9 @@ prompts): every disaggregated plan (prefill instance size × attention TP × tok
 TBO × instances, paired with decode instance size × TP × batch × TBO × MTP × instances, within
 the GPU budget) and every aggregated plan. `plans` counts them all; `seconds` is the best of a
 few runs of the whole `plan` call (evaluate the options, pair them, count the reasons, rank).
+`paired` counts the plans whose goodput is computed element by element (pairs of pools that
+each pass on their own, and every aggregated plan); the others fail on one pool alone and are
+counted exactly from the GPU sums, without pairing.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ def main() -> int:
         start = time.perf_counter()
         result = plan.plan(m, hw, wl, args.gpus)
         best = min(best, time.perf_counter() - start)
-    out = {"plans": result["plans"], "seconds": round(best, 4), "plans_per_second": round(result["plans"] / best)}
+    out = {"plans": result["plans"], "seconds": round(best, 4), "plans_per_second": round(result["plans"] / best),
+           # pairs of valid pools evaluated as a matrix; the rest fail on one pool and are counted exactly
+           "paired": result["disagg"]["paired"] + result["agg"]["plans"]}
     if args.json:
         print(json.dumps(out))
     else:

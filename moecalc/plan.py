@@ -310,5 +310,5 @@ def plan(m: Model, hw: Hardware, wl: Workload, gpus: int, *, isl: int | None = N
                    "best": dtop[0] if dtop else None, "top": dtop},
         "agg": {"plans": int(A["reason"].size), "feasible": int(np.count_nonzero(agood > 0)),
                 "rejected": agg_counts, "best": atop[0] if atop else None, "top": atop},
-        "cost_note": serving._cost_note(hw),
+        "cost_note": serving.cost_note(hw),
     }

@@ -456,11 +456,11 @@ def serve_disagg(m: Model, hw: Hardware, wl: Workload, prefill: Mapping[str, int
         "usd_per_mtok_output": None if price_out is None else float(price_out),
         "usd_per_mtok_input": None if price_in is None else float(price_in),
         "tokens_per_joule": None if tpj is None else float(tpj),
-        "cost_note": _cost_note(hw),
+        "cost_note": cost_note(hw),
     }
 
 
-def _cost_note(hw: Hardware) -> str:
+def cost_note(hw: Hardware) -> str:
     parts = [f"price ${hw.price['usd_per_gpu_hour']:.2f}/GPU-h ({hw.price['date']})" if hw.price
              else "cost unavailable: no price in the hardware profile",
              f"power {hw.power['watts']:g} W per GPU (datasheet)" if hw.power
@@ -528,7 +528,7 @@ def serve_agg(m: Model, hw: Hardware, wl: Workload, spec: Mapping[str, int], *, 
         "usd_per_mtok_output": None if price_out is None else float(price_out),
         "usd_per_mtok_input": None if price_in is None else float(price_in),
         "tokens_per_joule": None if tpj is None else float(tpj),
-        "cost_note": _cost_note(hw) + ("; agg GPU cost split by the step's prefill share" if hw.price else ""),
+        "cost_note": cost_note(hw) + ("; agg GPU cost split by the step's prefill share" if hw.price else ""),
     }
 
 
