@@ -776,8 +776,12 @@ def build_parser() -> argparse.ArgumentParser:
     command("validate", cmd_validate, "the roofline policy against every published system-level figure")
     command("calibrate", cmd_calibrate, "the roofline op functions against every published kernel figure")
 
+    from . import cli_serve  # serve and plan: parsing and tables in their own module
+
+    cli_serve.register(sub, command)
+
     p = command("reproduce", cmd_reproduce, "every figure a seed prints, recomputed")
-    p.add_argument("seed", choices=["seed-000", "seed-001", "seed-002", "seed-003"], help="which seed document")
+    p.add_argument("seed", choices=["seed-000", "seed-001", "seed-002", "seed-003", "seed-004"], help="which seed document")
     p.add_argument("--errata", action="store_true", help="print the seed's errata page (MyST markdown) instead")
 
     p = sub.add_parser("book", help="execute the book's notebooks (what changed) and build its HTML",

@@ -248,6 +248,10 @@ HARDWARE_SPEC = Spec(
         "compute_units": Spec("int"),
         "sources": Spec("strings"),
         "efficiency": EFFICIENCY_SPEC,
+        # Optional, at the end of a profile: cost and power per device, for $/Mtok and tokens/J.
+        "price": Spec("map", required=False, children={
+            "usd_per_gpu_hour": Spec("number"), "source": Spec("str"), "date": Spec("str")}),
+        "power": Spec("map", required=False, children={"watts": Spec("number"), "source": Spec("str")}),
     },
 )
 
@@ -269,6 +273,8 @@ class Hardware:
     sources: tuple[str, ...]
     vendor: str | None = None
     efficiency: Mapping[str, Any] = field(default_factory=dict)
+    price: Mapping[str, Any] | None = None  # {usd_per_gpu_hour, source, date}, or None: cost unavailable
+    power: Mapping[str, Any] | None = None  # {watts, source} (datasheet board power), or None
     memory_reported: float | None = None  # bytes the device reports (nvidia-smi memory.total), if known
 
     @property
@@ -304,6 +310,8 @@ def load_hardware(name_or_path: str | os.PathLike[str]) -> Hardware:
         compute_units=d["compute_units"],
         sources=d["sources"],
         efficiency=d["efficiency"] or {},
+        price=d.get("price"),
+        power=d.get("power"),
     )
 
 

@@ -36,4 +36,11 @@ def _seed002() -> list[dict]:
     return seed002.records()
 
 
-SEEDS: dict[str, Callable[[], list[dict]]] = {"seed-000": _seed000, "seed-001": _seed001, "seed-002": _seed002, "seed-003": _seed003}
+def _seed004() -> list[dict]:
+    from . import seed004
+
+    return seed004.records()
+
+
+SEEDS: dict[str, Callable[[], list[dict]]] = {"seed-000": _seed000, "seed-001": _seed001, "seed-002": _seed002,
+                                               "seed-003": _seed003, "seed-004": _seed004}
