@@ -20,6 +20,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .checks import MAX_COUNT
+from .units import DTYPE_BYTES
 from .errors import InputError
 from .profiles import EFFICIENCY_FIELDS, PARAMS_DIR, load_hardware, load_model, read_yaml
 from .policies import roofline as rl
@@ -28,6 +30,8 @@ KERNELS_FILE = PARAMS_DIR / "measurements" / "kernels.yaml"
 MODEL = "deepseek-v3"  # DeepEP's and FlashMLA's tests use DeepSeek-V3's hidden size, experts and top-k
 KERNELS = ("gemm", "grouped_gemm", "mla_decode", "attention_prefill", "deepep_normal", "deepep_low_latency")
 METRICS = ("tflops", "gb_s", "us")
+# Condition values are positive integers (sizes, counts) except these.
+_CONDITION_KINDS = {"op": "str", "kv_dtype": "str", "causal": "bool"}
 _REQUIRED = ("id", "hardware", "kernel", "conditions", "metric", "measured", "tolerance_pct", "source")
 
 
@@ -77,6 +81,15 @@ def load_points(path: Path | None = None) -> list[KernelPoint]:
             raise InputError(f"{where}: field 'pins': not an efficiency entry: {p['pins']!r}")
         if not isinstance(p["conditions"], dict):
             raise InputError(f"{where}: field 'conditions': must be a mapping")
+        for key, v in p["conditions"].items():
+            kind = _CONDITION_KINDS.get(key, "count")
+            ok = (isinstance(v, str) if kind == "str" else isinstance(v, bool) if kind == "bool"
+                  else not isinstance(v, bool) and isinstance(v, int) and 0 < v <= MAX_COUNT)
+            if not ok:
+                want = {"str": "text", "bool": "true or false", "count": "a positive integer"}[kind]
+                raise InputError(f"{where}: field 'conditions.{key}': must be {want}, got {v!r}")
+        if p["conditions"].get("kv_dtype", "bf16") not in DTYPE_BYTES:
+            raise InputError(f"{where}: field 'conditions.kv_dtype': unknown dtype {p['conditions']['kv_dtype']!r}")
         out.append(KernelPoint(id=p["id"], hardware=p["hardware"], kernel=p["kernel"], conditions=p["conditions"],
                                metric=p["metric"], measured=float(p["measured"]),
                                tolerance_pct=float(p["tolerance_pct"]), source=p["source"], pins=p.get("pins")))
