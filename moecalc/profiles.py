@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 
 from .checks import MAX_COUNT, escape
 from .errors import InputError
-from .units import DTYPE_BYTES, GB, GB_PER_S, TFLOPS
+from .units import DTYPE_BYTES, GB, GB_PER_S, TFLOPS, US
 
 PARAMS_DIR = Path(os.environ.get("MOECALC_PARAMS", Path(__file__).resolve().parent.parent / "params"))
 KINDS = ("hardware", "model", "workload", "policy")
@@ -50,6 +50,7 @@ class Spec:
     children: Mapping[str, "Spec"] | None = None
     any_keys: Callable[[str], bool] | None = None
     default: Any = None
+    si: float = 1.0  # for a value kept in its own unit (µs): its factor to SI, for the range check only
 
 
 def _fail(path: Path, name: str, message: str) -> InputError:
@@ -69,10 +70,10 @@ def _check(value: Any, spec: Spec, path: Path, name: str) -> Any:
             raise _fail(path, name, f"must be ≤ {spec.upper:g}, got {value!r}")
         if 0 < value < TINY:  # zero in effect: dividing by it overflows to inf
             raise _fail(path, name, f"must be {'0 or ' if spec.zero_ok else ''}≥ {TINY:g}, got {value!r}")
-        si = float(value) * spec.unit
+        si = float(value) * spec.unit * spec.si
         if not math.isfinite(si) or si > HUGE_SI:  # checked after conversion: what the model uses
             raise _fail(path, name, f"is too large, got {value!r} ({si:.3g} in SI units, at most {HUGE_SI:g})")
-        return si
+        return float(value) * spec.unit
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise _fail(path, name, f"must be an integer, got {value!r}")
@@ -261,7 +262,7 @@ EFFICIENCY_OPTIONAL = {
 }
 _EFFICIENCY_ENTRY = {
     "fraction": Spec("map", children={"value": Spec("fraction", upper=1), "source": Spec("str")}),
-    "latency": Spec("map", children={"value": Spec("number", zero_ok=True), "source": Spec("str")}),
+    "latency": Spec("map", children={"value": Spec("number", zero_ok=True, si=US), "source": Spec("str")}),
     "count": Spec("map", children={"value": Spec("int", zero_ok=True), "source": Spec("str")}),
 }
 EFFICIENCY_SPEC = Spec(
