@@ -1,0 +1,135 @@
+"""Do the package tests bite? Plant small, plausible bugs one at a time and run `pytest tests`.
+
+Usage: python benchmarks/mutants.py [--only NAME] [--keep]
+
+Each mutant is one textual edit of one file under moecalc/. For each, the repository
+(moecalc/, tests/, params/, book/ sources, pyproject.toml) is copied to a temporary
+directory, the edit applied there (an edit that no longer matches the code is reported as
+STALE: update it), and ``pytest tests -x`` run against the copy (PYTHONPATH points at it, so
+the copy's moecalc is the one imported, in-process and by the `moecalc` command the CLI tests
+run). A mutant is KILLED when a test fails, SURVIVED when all pass. Exit status 1 if any
+survives or is stale. A tool, not part of `make test`: it runs the tests once per mutant.
+
+The first five are issue 10's, which survived the tests before it; the others are a few
+more plausible slips in the same code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# name → (file, text in the code, the mutant's text)
+MUTANTS: dict[str, tuple[str, str, str]] = {
+    "fp8-kv-timed-as-bf16": (
+        "moecalc/policies/roofline.py",
+        "ab=dtype_bytes(wl.activation_dtype), kvb=dtype_bytes(wl.kv_dtype),",
+        "ab=dtype_bytes(wl.activation_dtype), kvb=dtype_bytes(\"bf16\"),",
+    ),
+    "moe-tp-divisibility-check-removed": (
+        "moecalc/policies/roofline.py",
+        "    if m.moe_intermediate_size % moe_tp:\n        raise InputError(",
+        "    if False:\n        raise InputError(",
+    ),
+    "lm-head-memory-not-split-by-tp": (
+        "moecalc/policies/roofline.py",
+        "plain = (counts.embedding_params(m) * (1 + head / tp)",
+        "plain = (counts.embedding_params(m) * (1 + head)",
+    ),
+    "decode-mfu-not-divided-by-tp": (
+        "moecalc/policies/roofline.py",
+        "+ counts.lm_head_flops(m, tokens)) / c.tp\n",
+        "+ counts.lm_head_flops(m, tokens))\n",
+    ),
+    "lm-head-weights-read-as-fp8": (
+        "moecalc/policies/roofline.py",
+        "_gemm(c, tokens, m.hidden_size, v, w_bytes=c.ab)",
+        "_gemm(c, tokens, m.hidden_size, v, w_bytes=c.wb)",
+    ),
+    # a few more
+    "prefill-attention-not-causal": (
+        "moecalc/policies/roofline.py",
+        "    pairs = seqs * counts.attention_pairs(q_len, kv_len, causal=True)\n    return {",
+        "    pairs = seqs * counts.attention_pairs(q_len, kv_len, causal=False)\n    return {",
+    ),
+    "all-reduce-ignores-ring-factor": (
+        "moecalc/policies/roofline.py",
+        "t = 2.0 * (tp - 1.0) / tp * message / bw + dev.eff.all_reduce_latency",
+        "t = message / bw + dev.eff.all_reduce_latency",
+    ),
+    "kv-cache-missing-rope-key": (
+        "moecalc/counts.py",
+        "return m.kv_cache_dim * bytes_per_element * n",
+        "return m.kv_lora_rank * bytes_per_element * n",
+    ),
+}
+
+COPIED = ("moecalc", "tests", "params", "pyproject.toml", "book/chapters", "book/conftest.py")
+
+
+def copy_tree(dest: Path) -> None:
+    for name in COPIED:
+        src = ROOT / name
+        if not src.exists():
+            continue
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    executed = ROOT / "book" / "executed"  # some book tests read the committed pages
+    if executed.is_dir():
+        shutil.copytree(executed, dest / "book" / "executed")
+
+
+def run(name: str, keep: bool) -> tuple[str, float, str]:
+    path, old, new = MUTANTS[name]
+    tmp = Path(tempfile.mkdtemp(prefix=f"mutant-{name}-"))
+    try:
+        copy_tree(tmp)
+        target = tmp / path
+        text = target.read_text(encoding="utf-8")
+        if text.count(old) != 1:
+            return "STALE", 0.0, f"{path}: the text to mutate occurs {text.count(old)} times"
+        target.write_text(text.replace(old, new), encoding="utf-8")
+        env = {**os.environ, "PYTHONPATH": str(tmp), "PYTHONDONTWRITEBYTECODE": "1"}
+        probe = subprocess.run([sys.executable, "-c", "import moecalc; print(moecalc.__file__)"], cwd=tmp, env=env,
+                               capture_output=True, text=True)
+        if not probe.stdout.startswith(str(tmp)):  # the installed moecalc would hide the mutant
+            return "STALE", 0.0, f"the copy is not the moecalc imported: {probe.stdout.strip() or probe.stderr}"
+        start = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-o", "addopts=", "-x", "-q",
+                            "tests"], cwd=tmp, env=env, capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        failed = [line for line in r.stdout.splitlines() if line.startswith("FAILED")]
+        return ("KILLED" if r.returncode else "SURVIVED"), seconds, (failed[0] if failed else r.stdout.strip().splitlines()[-1])
+    finally:
+        if keep:
+            print(f"  kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", action="append", choices=list(MUTANTS), help="run only this mutant (repeatable)")
+    parser.add_argument("--keep", action="store_true", help="keep the mutated copies")
+    args = parser.parse_args()
+    bad = 0
+    for name in args.only or MUTANTS:
+        status, seconds, detail = run(name, args.keep)
+        bad += status != "KILLED"
+        print(f"{status:9s} {name:36s} {seconds:5.1f} s  {detail}", flush=True)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
