@@ -539,7 +539,7 @@ def test_every_executed_page_ends_with_its_provenance_line():
     """Citable pages: the last cell of every committed page names the moecalc version and the
     content hashes of its source and of the params files it read (regenerate with
     `moecalc book` after a change to the line's format)."""
-    executed = sorted((ROOT / "book" / "executed").glob("*/*.ipynb"))
+    executed = sorted((book.BOOK_DIR / book.EXECUTED).glob("*/*.ipynb"))
     assert executed
     for path in executed:
         nb = json.loads(path.read_text(encoding="utf-8"))
