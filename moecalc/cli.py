@@ -674,8 +674,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", default="roofline", choices=["roofline", "seed002"], help="timing policy")
     p.add_argument("--csv", metavar="PATH", type=_file_name, help="write every evaluated layout and its reason to PATH")
     p.add_argument("--batch", default="1-512", help="batch sizes: a range 1-512 or a list 6,8,10 (default 1-512)")
-    p.add_argument("--batch-per", default="rank", choices=["rank", "device"],
-                   help="--batch counts sequences per attention-DP rank (default) or per device")
+    p.add_argument("--batch-per", choices=["rank", "device"],
+                   help="--batch counts sequences per attention-DP rank or per device (default: the policy's; "
+                        "rank for roofline, device for seed002)")
     p.add_argument("--tp", type=positive_int_list, help="only these attention TP sizes")
     p.add_argument("--moe-tp", type=positive_int_list, help="only these MoE TP sizes")
     p.add_argument("--tbo", default="both", choices=["both", "on", "off"], help="two-batch overlap (default: both)")

@@ -45,6 +45,15 @@ def policies() -> dict[str, Callable[..., roofline.DecodeStep]]:
     return {"roofline": roofline.decode, "seed002": seed002.decode}
 
 
+def default_batch_per(policy: str) -> str:
+    """What a search's batch counts when the caller does not say: the policy file's
+    ``batch_per`` where it has one (seed 002 counts sequences per chip), else per rank."""
+    from .policies import seed002
+
+    files = {"seed002": seed002.load_policy}
+    return files[policy]().batch_per if policy in files else "rank"
+
+
 def divisors(n: int) -> list[int]:
     small = [d for d in range(1, int(n**0.5) + 1) if n % d == 0]
     return sorted(set(small + [n // d for d in small]))
@@ -349,17 +358,21 @@ def search(
     tp: Sequence[int] | None = None,
     moe_tp: Sequence[int] | None = None,
     tbo: Sequence[bool] = (False, True),
-    batch_per: str = "rank",
+    batch_per: str | None = None,
     kv_len: int | None = None,
+    decode: Callable[..., roofline.DecodeStep] | None = None,
 ) -> Result:
     """Evaluate every layout of `m` on each device count with one call of the policy.
 
-    SLO and memory cap default to the workload's; the memory limit is the smaller of the cap
+    `batch_per` defaults to the policy's (:func:`default_batch_per`). SLO and memory cap
+    default to the workload's; the memory limit is the smaller of the cap
     and the capacity the policy allows weights and KV cache. `kv_len` defaults to the
-    workload's average KV length."""
-    decode = policies().get(policy)
+    workload's average KV length. `decode` replaces the named policy's function (same
+    signature), e.g. seed002.decode under another reading of the seed."""
+    decode = decode or policies().get(policy)
     if decode is None:
         raise InputError(f"unknown policy {policy!r} (known: {', '.join(policies())})")
+    batch_per = default_batch_per(policy) if batch_per is None else batch_per
     space = build_space(m, devices, batches, tp, moe_tp, tbo, batch_per)
     check_size(space.size)  # before the policy allocates arrays of that size
     slo = wl.min_tokens_per_user if min_tokens_per_user is None else float(min_tokens_per_user)
