@@ -90,16 +90,18 @@ def copy_tree(dest: Path) -> None:
         shutil.copytree(executed, dest / "book" / "executed")
 
 
-def run(name: str, keep: bool) -> tuple[str, float, str]:
-    path, old, new = MUTANTS[name]
-    tmp = Path(tempfile.mkdtemp(prefix=f"mutant-{name}-"))
+def run(name: str | None, keep: bool, pytest_args: list[str]) -> tuple[str, float, str]:
+    """Run the tests on a copy with mutant `name` planted (None: the unmutated baseline)."""
+    path, old, new = MUTANTS[name] if name else ("moecalc/__init__.py", "", "")
+    tmp = Path(tempfile.mkdtemp(prefix=f"mutant-{name or 'baseline'}-"))
     try:
         copy_tree(tmp)
         target = tmp / path
         text = target.read_text(encoding="utf-8")
-        if text.count(old) != 1:
+        if name and text.count(old) != 1:
             return "STALE", 0.0, f"{path}: the text to mutate occurs {text.count(old)} times"
-        target.write_text(text.replace(old, new), encoding="utf-8")
+        if name:
+            target.write_text(text.replace(old, new), encoding="utf-8")
         env = {**os.environ, "PYTHONPATH": str(tmp), "PYTHONDONTWRITEBYTECODE": "1"}
         probe = subprocess.run([sys.executable, "-c", "import moecalc; print(moecalc.__file__)"], cwd=tmp, env=env,
                                capture_output=True, text=True)
@@ -107,7 +109,7 @@ def run(name: str, keep: bool) -> tuple[str, float, str]:
             return "STALE", 0.0, f"the copy is not the moecalc imported: {probe.stdout.strip() or probe.stderr}"
         start = time.perf_counter()
         r = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-o", "addopts=", "-x", "-q",
-                            "tests"], cwd=tmp, env=env, capture_output=True, text=True)
+                            *pytest_args, "tests"], cwd=tmp, env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - start
         failed = [line for line in r.stdout.splitlines() if line.startswith("FAILED")]
         return ("KILLED" if r.returncode else "SURVIVED"), seconds, (failed[0] if failed else r.stdout.strip().splitlines()[-1])
@@ -122,10 +124,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", choices=list(MUTANTS), help="run only this mutant (repeatable)")
     parser.add_argument("--keep", action="store_true", help="keep the mutated copies")
+    parser.add_argument("--deselect", action="append", default=[], metavar="NODEID",
+                        help="leave out a test that fails without any mutant (e.g. before `moecalc book` reruns)")
     args = parser.parse_args()
+    pytest_args = [f"--deselect={d}" for d in args.deselect]
+    # a mutant only counts as killed if the tests pass without it
+    status, seconds, detail = run(None, args.keep, pytest_args)
+    print(f"{'baseline':9s} {'(no mutant)':36s} {seconds:5.1f} s  {detail}", flush=True)
+    if status != "SURVIVED":
+        print("the tests fail without any mutant: fix them (or --deselect) first")
+        return 1
     bad = 0
     for name in args.only or MUTANTS:
-        status, seconds, detail = run(name, args.keep)
+        status, seconds, detail = run(name, args.keep, pytest_args)
         bad += status != "KILLED"
         print(f"{status:9s} {name:36s} {seconds:5.1f} s  {detail}", flush=True)
     return 1 if bad else 0
