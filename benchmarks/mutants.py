@@ -72,22 +72,12 @@ MUTANTS: dict[str, tuple[str, str, str]] = {
     ),
 }
 
-COPIED = ("moecalc", "tests", "params", "pyproject.toml", "book/chapters", "book/conftest.py")
+SKIPPED = (".git", ".venv", "_build", "__pycache__", "*.pyc", "*.egg-info", ".pytest_cache", ".hypothesis")
 
 
 def copy_tree(dest: Path) -> None:
-    for name in COPIED:
-        src = ROOT / name
-        if not src.exists():
-            continue
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / name)
-    executed = ROOT / "book" / "executed"  # some book tests read the committed pages
-    if executed.is_dir():
-        shutil.copytree(executed, dest / "book" / "executed")
+    """The repository as the tests see it: sources, params, book pages, README."""
+    shutil.copytree(ROOT, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*SKIPPED))
 
 
 def run(name: str | None, keep: bool, pytest_args: list[str]) -> tuple[str, float, str]:
