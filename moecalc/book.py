@@ -301,9 +301,28 @@ def table_links(nb: Mapping[str, Any]) -> list[str]:
     return sorted(found)
 
 
+def provenance(source: Path, reads: Sequence[str], root: Path = ROOT) -> str:
+    """The line that ends every page, for citing it: the moecalc version, a content hash of
+    the page's source and of every params file it read. No commit id or date, so that the
+    page stays byte-identical when nothing it depends on changed."""
+    from . import __version__
+
+    def short(path: Path) -> str:
+        return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+    src = source.resolve()
+    name = src.relative_to(root.resolve()).as_posix() if src.is_relative_to(root.resolve()) else src.name
+    files = [f"`{r}` {short(root / r)}" for r in reads if (root / r).is_file()]
+    return (f"<small>Provenance: moecalc {__version__}; page source `{name}` {short(src)}; "
+            f"params read: {', '.join(files) if files else 'none'}.</small>")
+
+
 def clean_notebook(nb: dict[str, Any], chapter: str, profile: str, parameters: Mapping[str, Any],
-                   digest: str, reads: Sequence[str] = ()) -> dict[str, Any]:
-    """Strip what varies between runs; add what the driver needs to skip re-execution."""
+                   digest: str, reads: Sequence[str] = (), provenance_line: str | None = None) -> dict[str, Any]:
+    """Strip what varies between runs; add what the driver needs to skip re-execution, and
+    the provenance line as the page's last cell."""
+    if provenance_line:
+        nb.setdefault("cells", []).append({"cell_type": "markdown", "metadata": {}, "source": provenance_line})
     for i, cell in enumerate(nb.get("cells", [])):
         cell["id"] = cell_id(chapter, i)
         meta = cell.get("metadata", {})
@@ -413,7 +432,8 @@ def execute(job: Job, common: str, failed_dir: Path, root: Path = ROOT) -> Resul
     nb = dict(nb)
     reads = relative_reads(pop_reads(nb), root)
     digest = job_digest(job, common, reads, root)
-    nb = clean_notebook(nb, job.name, job.profile, job.parameters, digest, reads)
+    nb = clean_notebook(nb, job.name, job.profile, job.parameters, digest, reads,
+                        provenance(job.chapter.path, reads, root))
     text = dumps(nb)
     warnings = stderr_outputs(nb)
     if warnings:

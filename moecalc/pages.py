@@ -211,6 +211,60 @@ class Page:
             {"scrapbook": {"name": label, "mime_prefix": GLUE_PREFIX}},
         )
         self.md(f"```{{glue:figure}} {label}\n:name: {label}\n:figwidth: 100%\n\n{caption}\n```")
+        digest = figure_digest(fig)
+        _display({"text/markdown": f"```text\n{digest}\n```\n", "text/plain": digest})
+
+
+DIGEST_LINES = 40  # series listed under a figure, at most
+
+
+def _quantiles(values) -> str:
+    import numpy as np
+
+    try:
+        a = np.asarray(values, dtype=float).ravel()
+    except (TypeError, ValueError):  # categorical (text) positions
+        return f"{len(values)} categories"
+    a = a[np.isfinite(a)]
+    if a.size == 0:
+        return "no finite values"
+    q = np.quantile(a, [0.0, 0.25, 0.5, 0.75, 1.0])
+    return " / ".join(format(float(v), ".4g") for v in q)
+
+
+def figure_digest(fig: Any) -> str:
+    """A few text lines with the data each series of `fig` plots: its points and the
+    min / quartiles / max of y (x: its range), in fixed formatting. Printed under every
+    figure, so that a changed curve changes a text output nbval compares (it skips images)."""
+    lines = []
+    for n, ax in enumerate(fig.axes):
+        where = (ax.get_title() or ax.get_ylabel() or f"axes {n + 1}").splitlines()[0][:48]
+        series = []
+        for i, line in enumerate(ax.get_lines()):
+            name = line.get_label() if not line.get_label().startswith("_") else f"line {i + 1}"
+            series.append((name, line.get_xdata(), line.get_ydata()))
+        for i, coll in enumerate(ax.collections):
+            offsets = coll.get_offsets() if hasattr(coll, "get_offsets") else []
+            if type(coll).__name__ == "PathCollection" and len(offsets):
+                name = coll.get_label() if not coll.get_label().startswith("_") else f"points {i + 1}"
+                series.append((name, [o[0] for o in offsets], [o[1] for o in offsets]))
+        for i, bars in enumerate(getattr(ax, "containers", [])):
+            patches = getattr(bars, "patches", None)
+            if patches:
+                name = bars.get_label() if not str(bars.get_label()).startswith("_") else f"bars {i + 1}"
+                horizontal = getattr(bars, "orientation", "vertical") == "horizontal"
+                series.append((name, [p.get_y() if horizontal else p.get_x() for p in patches],
+                               [p.get_width() if horizontal else p.get_height() for p in patches]))
+        for name, x, y in series:
+            xs, ys = _quantiles(x).split(" / "), _quantiles(y).split(" / ")
+            if len(y) == 1 and len(xs) == len(ys) == 5:
+                lines.append(f"{where} | {name}: 1 point ({xs[0]}, {ys[0]})")
+                continue
+            x_range = f"{xs[0]}…{xs[-1]}" if len(xs) == 5 else xs[0]  # or "n categories"
+            lines.append(f"{where} | {name}: {len(y)} points, x {x_range}, y min/q1/median/q3/max {' / '.join(ys)}")
+    if len(lines) > DIGEST_LINES:
+        lines = lines[:DIGEST_LINES] + [f"… and {len(lines) - DIGEST_LINES} more series"]
+    return "\n".join(lines) or "(no data series)"
 
 
 def fmt_si(value: float, unit: str, digits: int = 3) -> str:

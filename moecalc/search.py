@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from .checks import atomic_write, escape, parse_count
 from .errors import InputError
 from .frameworks import Framework, load_framework
 from .policies import roofline
@@ -59,22 +60,40 @@ def divisors(n: int) -> list[int]:
     return sorted(set(small + [n // d for d in small]))
 
 
+# The most layouts (layouts × batches × schedules, over every device count and batch range)
+# one search may evaluate. The roofline keeps a few dozen float64 arrays of the search's
+# shape alive at once, about 200 bytes per layout at its peak (measured: 2.6 GB for 1.3e7
+# layouts); this machine has 24 GiB and 2 cores shared by several jobs, so a search may take
+# at most about 4 GB and some 20 s.
+MAX_LAYOUTS = 20_000_000
+MACHINE = "this machine: 24 GiB of memory, 2 cores"
+
+
+def check_size(n: int, what: str = "search") -> None:
+    """Refuse a computation of `n` layouts before anything of that size is allocated."""
+    if n > MAX_LAYOUTS:
+        raise InputError(f"{what} of {n:,} layouts is too large: at most {MAX_LAYOUTS:,} fit in the memory and "
+                         f"time one run may take on {MACHINE}; narrow --batch, --devices, --tp or --moe-tp")
+
+
 def parse_batches(text: str) -> np.ndarray:
-    """"1-512" (a range), "6,8,10" (a list) or "10" → sorted unique positive integers."""
-    values: set[int] = set()
+    """"1-512" (a range), "6,8,10" (a list) or "10" → sorted unique positive integers.
+    Numbers are ASCII digits, each at most checks.MAX_COUNT; all ranges together are
+    refused if they hold more batch sizes than a search may evaluate layouts."""
+    bounds = []
     for part in text.split(","):
         lo, sep, hi = part.strip().partition("-")
         try:
-            a = int(lo)
-            b = int(hi) if sep else a
-        except ValueError:
-            raise InputError(f"--batch: expected a range like 1-512 or a list like 6,8,10, got {text!r}") from None
-        if a < 1 or b < a:
-            raise InputError(f"--batch: {part.strip()!r} is not a range of positive batch sizes")
-        if b - a > 1_000_000:
-            raise InputError(f"--batch: {part.strip()!r} spans more than a million batch sizes")
-        values.update(range(a, b + 1))
-    return np.array(sorted(values), dtype=np.int64)
+            a = parse_count(lo.strip(), "--batch")
+            b = parse_count(hi.strip(), "--batch") if sep else a
+        except InputError as exc:
+            raise InputError(f"{exc} (expected a range like 1-512 or a list like 6,8,10, got "
+                             f"{escape(repr(text))[:60]})") from None
+        if b < a:
+            raise InputError(f"--batch: {escape(part.strip())!r} is not a range of positive batch sizes")
+        bounds.append((a, b))
+    check_size(sum(b - a + 1 for a, b in bounds), "a search over --batch")  # each batch is ≥ 1 layout
+    return np.unique(np.concatenate([np.arange(a, b + 1, dtype=np.int64) for a, b in bounds]))
 
 
 # ---------------------------------------------------------------- the space
@@ -130,6 +149,7 @@ def build_space(
         raise InputError(f"no layout of {m.name} fits {too_many[0]:,} devices: EP can be at most its "
                          f"{m.n_routed_experts} routed experts and MoE-TP at most its expert width "
                          f"{m.moe_intermediate_size}, so at most {most:,} devices")
+    check_size(len(devices) * batch.size * len(tbo))  # a floor on the size, before the divisor loop
     rows: list[tuple[int, int, int, int, int]] = []
     for n in devices:  # a loop over device counts and their divisors, not over layouts
         tps = [d for d in divisors(n) if tp is None or d in tp]
@@ -304,12 +324,9 @@ class Result:
         s = self.space
         head = ["devices", "tp", "dp", "moe_tp", "ep", "batch", "batch_per_device", "tbo", *METRICS, "reason"]
         label = np.array(["feasible", *REASONS], dtype=object)
-        try:
-            f = open(path, "w", newline="", encoding="utf-8")
-        except OSError as exc:
-            raise InputError(f"--csv: cannot write {path}: {exc.strerror or exc}") from None
-        n = 0
-        with f:
+
+        def write(f) -> int:
+            n = 0
             w = csv.writer(f)
             w.writerow(head)
             pos = np.full(len(s.tp), -1)
@@ -329,7 +346,9 @@ class Result:
                             why = label[self.reason[t, u, b]]
                         w.writerow([*fixed, batch, f"{batch / fixed[1]:g}", tbo, *values, why])
                         n += 1
-        return n
+            return n
+
+        return atomic_write(path, write, "--csv")  # whole or not at all: no truncated file left behind
 
 
 def search(
@@ -363,6 +382,7 @@ def search(
         raise InputError(f"unknown policy {policy!r} (known: {', '.join(policies())})")
     batch_per = default_batch_per(policy) if batch_per is None else batch_per
     space = build_space(m, devices, batches, tp, moe_tp, tbo, batch_per)
+    check_size(space.size)  # before the policy allocates arrays of that size
     slo = wl.min_tokens_per_user if min_tokens_per_user is None else float(min_tokens_per_user)
     cap = wl.max_memory_bytes if max_memory_gb is None else float(max_memory_gb) * GB
     kv = wl.avg_kv_len if kv_len is None else int(kv_len)

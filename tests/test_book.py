@@ -354,14 +354,47 @@ def test_figure_png_is_deterministic(monkeypatch):
         ax.plot([1, 2, 3], [3, 1, 2], label="x")
         ax.legend()
         page.figure("f", "Caption.", fig)
-        bundle, meta = shown[-2]
+        bundle, meta = shown[-3]
         assert meta["scrapbook"]["name"] == f"p{i}-decode-f"
         pngs.append(bundle[pages.GLUE_PREFIX + "image/png"])
-        assert "{glue:figure} " + f"p{i}-decode-f" in shown[-1][0]["text/markdown"]
+        assert "{glue:figure} " + f"p{i}-decode-f" in shown[-2][0]["text/markdown"]
+        # the data behind it, as text nbval compares: y 3, 1, 2 → quartiles by hand
+        assert shown[-1][0]["text/plain"] == "axes 1 | x: 3 points, x 1…3, y min/q1/median/q3/max 1 / 1.5 / 2 / 2.5 / 3"
     assert pngs[0] == pngs[1]
     import base64
 
     assert b"Matplotlib" not in base64.b64decode(pngs[0])  # no version stamp
+
+
+def test_figure_digest_names_every_series():
+    page = pages.Page("decode", "q")
+    fig, (a, b) = page.subplots(ncols=2)
+    a.set_title("left\nsecond line")
+    a.plot([0, 10], [5, 7])
+    a.scatter([1, 2], [3, 4], label="dots")
+    b.bar(["one", "two"], [2.0, 4.0], label="bars")
+    b.set_ylabel("GB")
+    assert pages.figure_digest(fig).splitlines() == [
+        "left | line 1: 2 points, x 0…10, y min/q1/median/q3/max 5 / 5.5 / 6 / 6.5 / 7",
+        "left | dots: 2 points, x 1…2, y min/q1/median/q3/max 3 / 3.25 / 3.5 / 3.75 / 4",
+        "GB | bars: 2 points, x -0.4…0.6, y min/q1/median/q3/max 2 / 2.5 / 3 / 3.5 / 4",
+    ]
+
+
+def test_provenance_line_has_hashes_and_no_date(tmp_path):
+    (tmp_path / "book").mkdir()
+    src = tmp_path / "book" / "page.md"
+    src.write_bytes(b"# page\n")
+    (tmp_path / "params").mkdir()
+    (tmp_path / "params" / "a.yaml").write_bytes(b"x: 1\n")
+    line = book.provenance(src, ["params/a.yaml"], tmp_path)
+    import hashlib
+
+    assert f"page source `book/page.md` sha256:{hashlib.sha256(b'# page' + bytes([10])).hexdigest()[:12]}" in line
+    assert f"`params/a.yaml` sha256:{hashlib.sha256(b'x: 1' + bytes([10])).hexdigest()[:12]}" in line
+    assert "moecalc 0.1.0" in line and "20" not in line.split("moecalc 0.1.0")[0]
+    nb = book.clean_notebook({"cells": [], "metadata": {}}, "page", "common", {}, "d", ["params/a.yaml"], line)
+    assert nb["cells"][-1]["cell_type"] == "markdown" and nb["cells"][-1]["source"] == line
 
 
 def test_like_prints_at_the_published_precision():
@@ -518,3 +551,18 @@ def test_read_yaml_records_every_file_it_parses(tmp_path):
     profiles.read_yaml(path)
     assert path.resolve() in profiles.FILES_READ
     assert (tmp_path / "never.yaml").resolve() not in profiles.FILES_READ
+
+
+def test_every_executed_page_ends_with_its_provenance_line():
+    """Citable pages: the last cell of every committed page names the moecalc version and the
+    content hashes of its source and of the params files it read (regenerate with
+    `moecalc book` after a change to the line's format)."""
+    executed = sorted((book.BOOK_DIR / book.EXECUTED).glob("*/*.ipynb"))
+    assert executed
+    for path in executed:
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        last = nb["cells"][-1]
+        source = "".join(last["source"]) if isinstance(last["source"], list) else last["source"]
+        assert last["cell_type"] == "markdown" and source.startswith("<small>Provenance: moecalc "), path
+        for read in nb["metadata"]["moecalc"]["reads"]:
+            assert f"`{read}` sha256:" in source, (path, read)

@@ -906,18 +906,32 @@ def _head(c: _Ctx, tokens):
 
 def _context(m: Model, hw: Hardware, wl: Workload, layout: Layout, expert_imbalance, redundant_experts: int,
              framework: Framework | str | None = None, overheads: bool = True) -> _Ctx:
-    if np.any(np.asarray(expert_imbalance) < 1.0):
+    imbalance = np.asarray(expert_imbalance, dtype=float)
+    if not np.all(imbalance >= 1.0):
         raise InputError(f"expert imbalance is max/mean load per EP rank, so ≥ 1; got {expert_imbalance}")
     if redundant_experts < 0:
         raise InputError(f"redundant experts must be ≥ 0, got {redundant_experts}")
     dev = device(hw, wl)
     ep = np.asarray(layout.ep, dtype=float)
+    # Its physical ceiling: the busiest EP rank gets at most min(k, experts it holds) of each
+    # token's k routed copies, the mean rank k / ep of them, so max/mean ≤ ep · min(k, slots) / k
+    # (all the load on one rank at most: ≤ ep).
+    k = m.num_experts_per_tok
+    ceiling = ep * np.minimum(k, (m.n_routed_experts + redundant_experts) / ep) / k
+    over = (imbalance > ceiling * (1 + 1e-12)) & (ep > 1)  # at EP1 there is no other rank: it means nothing
+    if np.any(over):
+        i = np.unravel_index(np.argmax(over), over.shape) if np.ndim(over) else ()
+        e, c = float(np.broadcast_to(ep, over.shape)[i]), float(np.broadcast_to(ceiling, over.shape)[i])
+        raise InputError(f"expert imbalance {float(np.broadcast_to(imbalance, over.shape)[i]):g} is impossible: with "
+                         f"EP {e:g} the busiest rank can take at most {c:g} × the mean load (all of each token's "
+                         f"top-{k} experts it holds)")
+    imbalance = np.minimum(imbalance, ceiling)  # 1 at EP1, where one rank holds all the load
     return _Ctx(
         m=m, dev=dev, wb=dtype_bytes(wl.weight_dtype), xb=gemm_input_bytes(wl.weight_dtype, wl.activation_dtype),
         ab=dtype_bytes(wl.activation_dtype), kvb=dtype_bytes(wl.kv_dtype),
         dispatch_bytes=wire_bytes(wl.dispatch_dtype), combine_bytes=wire_bytes(wl.combine_dtype),
         tp=np.asarray(layout.tp, dtype=float), dp=np.asarray(layout.dp, dtype=float),
-        moe_tp=np.asarray(layout.moe_tp, dtype=float), ep=ep, imbalance=np.asarray(expert_imbalance, dtype=float),
+        moe_tp=np.asarray(layout.moe_tp, dtype=float), ep=ep, imbalance=imbalance,
         slots=(m.n_routed_experts + redundant_experts) / ep, fw=load_framework(framework), overheads=overheads,
         eb=dtype_bytes(wl.expert_dtype),
     )
