@@ -284,9 +284,52 @@ def table_links(nb: Mapping[str, Any]) -> list[str]:
     return sorted(found)
 
 
+def retitle(nb, gpu: str) -> None:
+    """Prefix the page's first ``# Title`` with the GPU's name: ``# H20 · Decode``."""
+    for cell in nb.cells:
+        if cell.cell_type != "markdown":
+            continue
+        lines = cell.source.split("\n")
+        for i, line in enumerate(lines):
+            if line.startswith("# "):
+                lines[i] = f"# {gpu} · {line[2:]}"
+                cell.source = "\n".join(lines)
+                return
+
+
+def merge_parameters(nb: dict[str, Any], parameters: Mapping[str, Any]) -> None:
+    """Fold papermill's injected cell into the page's ``parameters`` cell, so that the page
+    shows one cell with the values it ran with (``hardware = "h20"``, not the default and then
+    an override), and collapse it (``hide-input``). Re-running the cell gives the same state."""
+    import ast
+
+    cells = nb.get("cells", [])
+    tags = lambda c: c.get("metadata", {}).get("tags", [])  # noqa: E731
+    injected = [i for i, c in enumerate(cells) if "injected-parameters" in tags(c)]
+    target = next((c for c in cells if "parameters" in tags(c)), None)
+    if not injected or target is None:
+        return
+    src = target["source"] if isinstance(target["source"], str) else "".join(target["source"])
+    lines = src.split("\n")
+    todo = dict(parameters)
+    for node in sorted(ast.parse(src).body, key=lambda n: -n.lineno):  # bottom up: line numbers stay valid
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+                and node.targets[0].id in todo):
+            name = node.targets[0].id
+            rest = lines[node.end_lineno - 1][node.end_col_offset:]  # the comment after the value
+            lines[node.lineno - 1: node.end_lineno] = [f"{name} = {todo.pop(name)!r}{rest}"]
+    lines += [f"{k} = {v!r}" for k, v in todo.items()]
+    target["source"] = "\n".join(lines)
+    meta = target.setdefault("metadata", {})
+    meta["tags"] = [*tags(target), *(["hide-input"] if "hide-input" not in tags(target) else [])]
+    for i in reversed(injected):
+        del cells[i]
+
+
 def clean_notebook(nb: dict[str, Any], chapter: str, profile: str, parameters: Mapping[str, Any],
                    digest: str, reads: Sequence[str] = ()) -> dict[str, Any]:
     """Strip what varies between runs; add what the driver needs to skip re-execution."""
+    merge_parameters(nb, parameters)
     for i, cell in enumerate(nb.get("cells", [])):
         cell["id"] = cell_id(chapter, i)
         meta = cell.get("metadata", {})
@@ -375,6 +418,9 @@ def execute(job: Job, common: str, failed_dir: Path, root: Path = ROOT) -> Resul
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
     os.environ["MPLBACKEND"] = "agg"
     source = jupytext.read(job.chapter.path)
+    if job.chapter.per == "hardware":  # "H20 · Decode": the title says which GPU the page is about
+        name = read_profile(root / "params", job.profile).get("name") or job.profile
+        retitle(source, name)
     source.cells.append(nbformat.v4.new_code_cell(READS_CELL))
     scratch = failed_dir / job.profile / job.output.name  # papermill's own copy: kept only if the run fails
     scratch.parent.mkdir(parents=True, exist_ok=True)
@@ -517,7 +563,12 @@ def toc(jobs: Sequence[Job], params_dir: Path, book_dir: Path = BOOK_DIR, root: 
             hw_chapters = [c for c in chapters if c.per == "hardware"]
             for p in profiles:
                 entries = [entry(j) for c in hw_chapters for j in jobs if j.chapter == c and j.profile == p]
-                parts.append({"caption": hardware_title(params_dir, p), "chapters": entries})
+                # one entry per GPU with its other pages beneath: the sidebar shows them only for the
+                # GPU being read (show_navbar_depth 1), not 5 × every profile
+                head, rest = entries[0], entries[1:]
+                if rest:
+                    head = {**head, "sections": [*head.get("sections", []), *rest]}
+                parts.append({"caption": hardware_title(params_dir, p), "chapters": [head]})
             continue
         caption = ch.part or ch.name
         entries = [entry(j) for j in jobs if j.chapter == ch]

@@ -121,6 +121,46 @@ class Page:
         _display({GLUE_PREFIX + "text/markdown": text, GLUE_PREFIX + "text/plain": text},
                  {"scrapbook": {"name": key, "mime_prefix": GLUE_PREFIX}})
 
+    def key_results(self, items: Sequence[tuple[str, str, str]], key: str = "key-results") -> None:
+        """The figures a page exists for, shown in the box at its top.
+
+        Each item is ``(figure, conditions, label)``: the figure in bold (e.g. "524 tokens/s per
+        GPU"), the layout and workload it holds for (and its band, where one is known), and the
+        label of the table or figure on this page that derives it. Stored as glue `key`, which
+        the page's first markdown cell pastes inside its ``Key results`` admonition with a
+        ``{glue:md}`` directive (``:format: myst``), so the box sits above the cells that compute
+        it."""
+        lines = [f"* **{figure}**: {conditions}; derived in {{numref}}`{label}`."
+                 for figure, conditions, label in items]
+        self.glue(key, "\n".join(lines) + "\n")
+
+    def workload(self, wl: Any, kv_len: float | None = None, *, kv_how: str | None = None, hit_rate: float | None = None,
+                 mtp_accept: float = 1.0, routing: str = "balanced (every expert equally loaded)",
+                 extra: Sequence[str] = ()) -> None:
+        """A box naming the workload a page assumes: prompt (ISL) and output (OSL) lengths,
+        the KV length a decode step reads and how it is derived, the prefix-cache hit rate,
+        MTP and the routing balance."""
+        kv = wl.avg_kv_len if kv_len is None else kv_len
+        if kv_how is None:
+            kv_how = (f"prompt {wl.prompt_len:,} + half the output {wl.output_len:,} / 2, the average over a "
+                      "sequence's decode" if kv == wl.prompt_len + wl.output_len // 2 else "set on this page")
+        hit = wl.kv_cache_hit_rate if hit_rate is None else hit_rate
+        rows = [
+            ("ISL (prompt tokens)", f"{wl.prompt_len:,}"),
+            ("OSL (output tokens)", f"{wl.output_len:,}"),
+            ("KV length per decode step", f"{kv:,.0f} tokens: {kv_how}"),
+            ("prefix-cache hit rate", f"{hit:.1%}"),
+            ("MTP", "none (1 token per step)" if mtp_accept == 1 else f"{mtp_accept:g} accepted tokens per step"),
+            ("routing", routing),
+            ("dtypes", f"{wl.weight_dtype.upper()} weights, {wl.kv_dtype.upper()} KV cache, "
+                       f"{wl.activation_dtype.upper()} activations"),
+        ]
+        if wl.min_tokens_per_user:
+            rows.append(("decode SLO", f"≥ {wl.min_tokens_per_user:g} tokens/s per user"))
+        rows += [tuple(e.split(": ", 1)) for e in extra]
+        body = "\n".join(f"* {k}: {v}" for k, v in rows)
+        self.md(f":::{{admonition}} Workload: {_escape(wl.name)} ({wl.key}.yaml)\n:class: note\n\n{body}\n:::")
+
     def source(self, *objects: Callable[..., Any] | type) -> None:
         """Show the source of moecalc functions or classes: the formula, where it lives."""
         blocks = []
@@ -166,8 +206,10 @@ class Page:
         if os.environ.get(WRITE_ENV) == "1":
             self._write_csv(Path(csv_name), header, rows)
         body = "\n".join(lines)
+        # A colon fence, not backticks: a caption may hold a role (`{numref}`...), and CommonMark ends a
+        # backtick fence's info string at the first backtick, which left the directive as raw text.
         self.md(
-            f"```{{table}} {_escape(caption)}\n:name: {label}\n:align: center\n\n{body}\n```\n\n"
+            f":::{{table}} {_escape(caption)}\n:name: {label}\n:align: center\n\n{body}\n:::\n\n"
             f"<span class=\"csv-link\">Table data: {{download}}`{label}.csv <{csv_name}>`</span>"
         )
 

@@ -98,9 +98,12 @@ def build_space(
     moe_tp: Sequence[int] | None = None,
     tbo: Sequence[bool] = (False, True),
     batch_per: str = "rank",
+    redundant_experts: int = 0,
 ) -> Space:
     """Every divisor pair (tp, dp) × (moe_tp, ep) of each device count, optionally only the
-    given tp and moe_tp values. One error if a count has no layout the model can split."""
+    given tp and moe_tp values. EP must divide the routed experts plus `redundant_experts`
+    copies. A count with no layout the model can split stays in the space, every layout of it
+    rejected as indivisible (``Result.why_none`` says why); one error only if no count has one."""
     devices = list(dict.fromkeys(int(d) for d in devices))
     if not devices:
         raise InputError("no device count given")
@@ -127,19 +130,20 @@ def build_space(
         rows += [(n, a, n // a, b, n // b) for a in tps for b in mtps]
     arr = np.array(rows, dtype=np.int64).reshape(-1, 5)
     d, t, p, mt, e = arr.T
+    slots = m.n_routed_experts + int(redundant_experts)  # routed expert copies EP spreads
     indivisible = (
         (m.num_attention_heads % t != 0)
-        | (e > m.n_routed_experts)
-        | (m.n_routed_experts % e != 0)
+        | (e > slots)
+        | (slots % e != 0)
         | (m.moe_intermediate_size % mt != 0)
     )
-    for n in devices:
-        if not np.any((d == n) & ~indivisible):
-            only = "" if tp is None and moe_tp is None else " with the tp / moe-tp values given"
-            raise InputError(
-                f"no layout of {m.name} fits {n} devices{only}: TP must divide its {m.num_attention_heads} heads, "
-                f"EP its {m.n_routed_experts} routed experts and MoE-TP its expert width {m.moe_intermediate_size}"
-            )
+    if indivisible.all():
+        only = "" if tp is None and moe_tp is None else " with the tp / moe-tp values given"
+        n = devices[0] if len(devices) == 1 else ", ".join(map(str, devices))
+        raise InputError(
+            f"no layout of {m.name} fits {n} devices{only}: TP must divide its {m.num_attention_heads} heads, "
+            f"EP its {slots} routed expert copies and MoE-TP its expert width {m.moe_intermediate_size}"
+        )
     return Space(d, t, p, mt, e, indivisible, batch, batch_per, tbo)
 
 
@@ -259,6 +263,21 @@ class Result:
         out.update({name: float(self.metrics[name][t, u, b]) for name in METRICS})
         return out
 
+    def why_none(self, devices: int) -> str:
+        """Why no layout on `devices` is feasible: the furthest any got (an SLO miss says by
+        how much, a memory miss by how much the smallest layout overflows)."""
+        rows, valid = self._rows(devices)
+        if not valid.any():
+            return f"indivisible: no TP × DP, MoE-TP × EP split of {devices} devices divides the model"
+        reason = self.reason[:, valid, :]
+        if np.any(reason == BELOW_SLO):
+            user = self.metrics["tokens_per_s_per_user"][:, valid, :][reason == BELOW_SLO].max()
+            return (f"below the SLO: the fastest layout that fits gives {user:.1f} tokens/s per user, "
+                    f"under {self.min_tokens_per_user:g}")
+        least = self.metrics["memory_gb"][:, valid, :].min()
+        return (f"out of memory: the smallest layout needs {least:.1f} GB per device, over the "
+                f"{self.memory_limit / GB:.1f} GB limit")
+
     def summary(self, top: int = 10) -> dict[str, Any]:
         ranked = self.ranked(top)
         out: dict[str, Any] = {
@@ -279,7 +298,8 @@ class Result:
             for n in out["devices"]:  # one entry per device count
                 best = self.ranked(1, devices=n)
                 by.append({"devices": n, "evaluated": self.count(n), "rejected": self.rejected(n),
-                           "best": self.layout(*best[0]) if best else None})
+                           "best": self.layout(*best[0]) if best else None,
+                           "why_none": None if best else self.why_none(n)})
             out["by_devices"] = by
         return out
 
@@ -332,16 +352,26 @@ def search(
     tbo: Sequence[bool] = (False, True),
     batch_per: str = "rank",
     kv_len: int | None = None,
+    redundant_experts: int = 0,
+    mtp_accept: float = 1.0,
 ) -> Result:
     """Evaluate every layout of `m` on each device count with one call of the policy.
 
     SLO and memory cap default to the workload's; the memory limit is the smaller of the cap
     and the capacity the policy allows weights and KV cache. `kv_len` defaults to the
-    workload's average KV length."""
+    workload's average KV length. `redundant_experts` (EPLB copies) and `mtp_accept` (MTP's
+    accepted tokens per step) are passed to the policy as ``decode`` takes them."""
     decode = policies().get(policy)
     if decode is None:
         raise InputError(f"unknown policy {policy!r} (known: {', '.join(policies())})")
-    space = build_space(m, devices, batches, tp, moe_tp, tbo, batch_per)
+    if redundant_experts < 0:
+        raise InputError(f"redundant experts must be ≥ 0, got {redundant_experts}")
+    options: dict[str, Any] = {"mtp_accept": float(mtp_accept)} if mtp_accept != 1.0 else {}
+    if redundant_experts:
+        if policy != "roofline":
+            raise InputError(f"policy {policy} has no redundant experts; use the roofline policy")
+        options["redundant_experts"] = int(redundant_experts)
+    space = build_space(m, devices, batches, tp, moe_tp, tbo, batch_per, redundant_experts)
     slo = wl.min_tokens_per_user if min_tokens_per_user is None else float(min_tokens_per_user)
     cap = wl.max_memory_bytes if max_memory_gb is None else float(max_memory_gb) * GB
     kv = wl.avg_kv_len if kv_len is None else int(kv_len)
@@ -353,7 +383,7 @@ def search(
     if batch_per == "device":
         batch = tp_u * batch
     layout = roofline.Layout(tp=tp_u, dp=col(space.dp), moe_tp=col(space.moe_tp), ep=col(space.ep), batch=batch)
-    step = decode(m, hw, wl, layout, kv)  # the one evaluation: serial and TBO times of every layout
+    step = decode(m, hw, wl, layout, kv, **options)  # the one evaluation: serial and TBO times of every layout
     capacity = float(step.memory_usable)  # what the policy lets weights and KV use
     limit = capacity if cap is None else min(cap, capacity)
     shape = (len(valid), len(space.batch))
