@@ -297,6 +297,11 @@ def retitle(nb, gpu: str) -> None:
                 return
 
 
+def _literal(value: Any) -> str:
+    """A parameter as Python source, strings in double quotes as the chapters write them."""
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, str) else repr(value)
+
+
 def merge_parameters(nb: dict[str, Any], parameters: Mapping[str, Any]) -> None:
     """Fold papermill's injected cell into the page's ``parameters`` cell, so that the page
     shows one cell with the values it ran with (``hardware = "h20"``, not the default and then
@@ -317,8 +322,8 @@ def merge_parameters(nb: dict[str, Any], parameters: Mapping[str, Any]) -> None:
                 and node.targets[0].id in todo):
             name = node.targets[0].id
             rest = lines[node.end_lineno - 1][node.end_col_offset:]  # the comment after the value
-            lines[node.lineno - 1: node.end_lineno] = [f"{name} = {todo.pop(name)!r}{rest}"]
-    lines += [f"{k} = {v!r}" for k, v in todo.items()]
+            lines[node.lineno - 1: node.end_lineno] = [f"{name} = {_literal(todo.pop(name))}{rest}"]
+    lines += [f"{k} = {_literal(v)}" for k, v in todo.items()]
     target["source"] = "\n".join(lines)
     meta = target.setdefault("metadata", {})
     meta["tags"] = [*tags(target), *(["hide-input"] if "hide-input" not in tags(target) else [])]

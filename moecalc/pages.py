@@ -18,6 +18,7 @@ and nbval can compare the text.
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import inspect
 import io
@@ -97,6 +98,7 @@ class Page:
     def __init__(self, chapter: str, profile: str | None = None):
         self.prefix = f"{profile}-{chapter}" if profile else chapter
         self._labels: set[str] = set()
+        self._held: list[str] | None = None  # markdown held for a dropdown (see `dropdown`)
 
     # ------------------------------------------------------------ labels
 
@@ -113,6 +115,9 @@ class Page:
 
     def md(self, text: str) -> None:
         """Show MyST markdown (dedented), e.g. a sentence with a computed number."""
+        if self._held is not None:
+            self._held.append(textwrap.dedent(text).strip())
+            return
         _display({"text/markdown": textwrap.dedent(text).strip() + "\n", "text/plain": textwrap.dedent(text).strip()})
 
     def glue(self, key: str, text: str) -> None:
@@ -142,8 +147,8 @@ class Page:
         MTP and the routing balance."""
         kv = wl.avg_kv_len if kv_len is None else kv_len
         if kv_how is None:
-            kv_how = (f"prompt {wl.prompt_len:,} + half the output {wl.output_len:,} / 2, the average over a "
-                      "sequence's decode" if kv == wl.prompt_len + wl.output_len // 2 else "set on this page")
+            kv_how = (f"the workload's average over a sequence's decode, about prompt + output / 2 = "
+                      f"{wl.prompt_len:,} + {wl.output_len / 2:,.0f}" if kv == wl.avg_kv_len else "set on this page")
         hit = wl.kv_cache_hit_rate if hit_rate is None else hit_rate
         rows = [
             ("ISL (prompt tokens)", f"{wl.prompt_len:,}"),
@@ -160,6 +165,20 @@ class Page:
         rows += [tuple(e.split(": ", 1)) for e in extra]
         body = "\n".join(f"* {k}: {v}" for k, v in rows)
         self.md(f":::{{admonition}} Workload: {_escape(wl.name)} ({wl.key}.yaml)\n:class: note\n\n{body}\n:::")
+
+    @contextlib.contextmanager
+    def dropdown(self, title: str):
+        """Everything shown inside the ``with`` block (tables, figures, text) goes into one
+        collapsed ``{dropdown}`` titled `title`: material beside the results (a seed's model),
+        out of the reader's way until opened."""
+        if self._held is not None:
+            raise ValueError("dropdowns do not nest")
+        self._held = []
+        try:
+            yield self
+        finally:
+            held, self._held = self._held, None
+            self.md(f"::::{{dropdown}} {_escape(title)}\n\n" + "\n\n".join(held) + "\n::::")
 
     def source(self, *objects: Callable[..., Any] | type) -> None:
         """Show the source of moecalc functions or classes: the formula, where it lives."""

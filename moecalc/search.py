@@ -275,7 +275,7 @@ class Result:
             return (f"below the SLO: the fastest layout that fits gives {user:.1f} tokens/s per user, "
                     f"under {self.min_tokens_per_user:g}")
         least = self.metrics["memory_gb"][:, valid, :].min()
-        return (f"out of memory: the smallest layout needs {least:.1f} GB per device, over the "
+        return (f"out of memory: even the leanest layout needs {least:.1f} GB per device, over the "
                 f"{self.memory_limit / GB:.1f} GB limit")
 
     def summary(self, top: int = 10) -> dict[str, Any]:
@@ -408,3 +408,22 @@ def search(
     if slo is not None:
         reason[(reason == FEASIBLE) & (metrics["tokens_per_s_per_user"] < slo)] = BELOW_SLO
     return Result(space, valid, metrics, reason, policy, kv, slo, limit)
+
+
+def replicas(result: Result, target_tokens_per_s: float) -> list[dict[str, Any]]:
+    """For each device count of `result`: its best feasible layout and how many copies of it
+    serve `target_tokens_per_s` (whole instances: ceil(target / one instance's tokens/s)),
+    hence how many devices in all; fewest devices first (ties: fewer instances). A count
+    without a feasible layout is left out."""
+    if not target_tokens_per_s > 0:
+        raise InputError(f"target tokens/s must be positive, got {target_tokens_per_s}")
+    out = []
+    for n in dict.fromkeys(result.space.devices.tolist()):
+        best = result.ranked(1, devices=n)
+        if not best:
+            continue
+        lay = result.layout(*best[0])
+        copies = int(np.ceil(target_tokens_per_s / lay["total_tokens_per_s"]))
+        out.append({"devices": int(n), "instances": copies, "total_devices": copies * int(n),
+                    "tokens_per_s": copies * lay["total_tokens_per_s"], "best": lay})
+    return sorted(out, key=lambda e: (e["total_devices"], e["instances"]))
