@@ -613,8 +613,8 @@ def prune_html(jobs: Sequence[Job], html_dir: Path) -> list[Path]:
     return removed
 
 
-def build_html(book_dir: Path, toc_path: Path, strict: bool = True, jobs: int = 1) -> int:
-    """Jupyter Book → ``book/_build/html``. Returns the number of Sphinx warnings."""
+def build_html(book_dir: Path, toc_path: Path, strict: bool = True, jobs: int = 1, out_dir: Path | None = None) -> int:
+    """Jupyter Book → ``book/_build/html`` (or `out_dir`). Returns the number of Sphinx warnings."""
     import io
 
     from jupyter_book.sphinx import build_sphinx
@@ -636,7 +636,7 @@ def build_html(book_dir: Path, toc_path: Path, strict: bool = True, jobs: int = 
     try:
         result = build_sphinx(
             book_dir,
-            book_dir / BUILD / "html",
+            out_dir or book_dir / BUILD / "html",
             use_external_toc=True,
             noconfig=True,
             path_config=str(book_dir / "_config.yml"),
@@ -655,6 +655,114 @@ def build_html(book_dir: Path, toc_path: Path, strict: bool = True, jobs: int = 
     if result:
         raise InputError(f"the HTML build failed with {warnings} warning(s) (see above)")
     return warnings
+
+
+# ---------------------------------------------------------------- rendered-HTML check
+
+# Text that must never reach a reader: MyST a parser left unparsed (Sphinx -W and nbval pass it).
+RAW_MYST = ("```{", ":::{", "{download}`", "{numref}`", "{glue:", ":name:", ":align:")
+# Widest display-equation line, in characters of rendered TeX (subscripts count 0.7): about the
+# content column of a 1400-px window (the article is ~72 rem; MathJax sets ~11 px per character).
+MAX_EQUATION_CHARS = 85
+
+
+def equation_width(tex: str) -> float:
+    """A rendered display line's width in characters, estimated from its TeX: commands that
+    draw nothing or one glyph shrink, a fraction is as wide as its wider part, text in
+    sub/superscripts counts 0.7."""
+    t = re.sub(r"\\(left|right|[Bb]igg?|displaystyle|,|;|!|quad|qquad)\b|\\[,;!]", lambda mm: {"quad": "  ", "qquad": "    "}.get(mm.group(1) or "", ""), tex)
+    t = re.sub(r"\\(text|mathrm|operatorname|mathbf|mathit)\{([^{}]*)\}", r"\2", t)
+    for _ in range(3):  # nested fractions, innermost first
+        t = re.sub(r"\\frac\{([^{}]*)\}\{([^{}]*)\}", lambda mm: max(mm.group(1), mm.group(2), key=len), t)
+    t = re.sub(r"\\[A-Za-z]+", "x", t)  # any other command: one glyph
+    small = sum(len(g) for g in re.findall(r"[_^]\{([^{}]*)\}", t)) + len(re.findall(r"[_^][^{]", t))
+    t = re.sub(r"[{}_^&]", "", t)
+    return len(re.sub(r"\s+", " ", t).strip()) - 0.3 * small
+
+
+class _PageScan:
+    """Reads one built page: the text outside the notebook's own code cells, its tables and
+    whether each has a number, and its display equations."""
+
+    def __init__(self, text: str):
+        from html.parser import HTMLParser
+
+        scan = self
+        self.text: list[str] = []
+        self.tables: list[tuple[str, bool]] = []  # (id or first cell text, numbered)
+        self.math: list[str] = []
+
+        class P(HTMLParser):
+            def __init__(self):
+                super().__init__(convert_charrefs=True)
+                self.stack: list[tuple[str, bool, bool]] = []  # (tag, skips, is math)
+                self.table: list | None = None
+
+            def skipping(self):
+                return any(sk for _, sk, _ in self.stack)
+
+            def handle_starttag(self, tag, attrs):
+                a = dict(attrs)
+                cls = (a.get("class") or "").split()
+                if tag in ("br", "img", "hr", "meta", "link", "input", "col", "source", "wbr"):
+                    return
+                self.stack.append((tag, "cell_input" in cls, tag == "div" and "math" in cls))
+                if tag == "table" and not self.skipping():
+                    self.table = [a.get("id") or "", False]
+                if tag == "span" and "caption-number" in cls and self.table is not None:
+                    self.table[1] = True
+
+            def handle_endtag(self, tag):
+                while self.stack:
+                    t, _, _ = self.stack.pop()
+                    if t == tag:
+                        break
+                if tag == "table" and self.table is not None:
+                    scan.tables.append((self.table[0], self.table[1]))
+                    self.table = None
+
+            def handle_data(self, data):
+                if self.skipping():
+                    return
+                scan.text.append(data)
+                if self.table is not None and not self.table[0] and data.strip():
+                    self.table[0] = data.strip()[:40]
+                if any(m for _, _, m in self.stack):
+                    scan.math.append(data)
+
+        P().feed(text)
+
+
+def html_defects(text: str, numbered_tables: bool = True) -> list[str]:
+    """What a reader would see wrong on one built page: raw MyST or role syntax (outside the
+    notebook's own code cells), a table without a number, a display equation wider than the
+    content column."""
+    scan = _PageScan(text)
+    body = "".join(scan.text)
+    found = [f"raw MyST {pat!r}: ...{body[max(0, i - 60):i + 60]!r}..." for pat in RAW_MYST
+             for i in [body.find(pat)] if i >= 0]
+    if numbered_tables:
+        found += [f"table without a number: {name!r}" for name, numbered in scan.tables if not numbered]
+    for block in scan.math:
+        tex = block.strip().removeprefix("\\[").removesuffix("\\]")
+        for line in re.split(r"\\\\", tex):
+            width = equation_width(line)
+            if width > MAX_EQUATION_CHARS:
+                found.append(f"equation line of ~{width:.0f} characters (at most {MAX_EQUATION_CHARS}): {line.strip()[:80]!r}")
+    return found
+
+
+def check_html(html_dir: Path, docnames: Iterable[str], unnumbered_ok: Iterable[str] = ()) -> dict[str, list[str]]:
+    """`html_defects` of each built page (docname without ``.html``); pages with none omitted."""
+    ok = set(unnumbered_ok)
+    out = {}
+    for doc in docnames:
+        path = html_dir / f"{doc}.html"
+        found = html_defects(path.read_text(encoding="utf-8"), numbered_tables=doc not in ok) if path.is_file() \
+            else [f"{path} was not built"]
+        if found:
+            out[doc] = found
+    return out
 
 
 # ---------------------------------------------------------------- main

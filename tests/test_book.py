@@ -501,3 +501,34 @@ def test_read_yaml_records_every_file_it_parses(tmp_path):
     profiles.read_yaml(path)
     assert path.resolve() in profiles.FILES_READ
     assert (tmp_path / "never.yaml").resolve() not in profiles.FILES_READ
+
+
+# ---------------------------------------------------------------- one parameters cell, titles
+
+
+def test_injected_parameters_fold_into_the_parameters_cell():
+    nb = {"cells": [
+        {"cell_type": "markdown", "metadata": {}, "source": "# Decode"},
+        {"cell_type": "code", "metadata": {"tags": ["parameters"]}, "outputs": [],
+         "source": 'hardware = "h800"      # a file stem\nbatches = [8,\n           16]  # two lines\nep = 144'},
+        {"cell_type": "code", "metadata": {"tags": ["injected-parameters"]}, "outputs": [],
+         "source": '# Parameters\nhardware = "h20"\nbatches = [4]\nextra = 2\n'},
+        {"cell_type": "code", "metadata": {}, "outputs": [], "source": "x = 1"},
+    ]}
+    book.merge_parameters(nb, {"hardware": "h20", "batches": [4], "extra": 2})
+    cells = nb["cells"]
+    assert len(cells) == 3 and not any("injected-parameters" in c["metadata"].get("tags", []) for c in cells)
+    assert cells[1]["source"] == 'hardware = "h20"      # a file stem\nbatches = [4]  # two lines\nep = 144\nextra = 2'
+    assert cells[1]["metadata"]["tags"] == ["parameters", "hide-input"]
+    ns: dict = {}
+    exec(cells[1]["source"], ns)  # the folded cell runs, and gives the injected values
+    assert (ns["hardware"], ns["batches"], ns["ep"], ns["extra"]) == ("h20", [4], 144, 2)
+
+
+def test_retitle_prefixes_the_first_heading_with_the_gpu():
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("---\nx: 1\n---\n\n# Decode\n\n## Part"),
+                                         nbformat.v4.new_markdown_cell("# Another")])
+    book.retitle(nb, "H20")
+    assert nb.cells[0].source == "---\nx: 1\n---\n\n# H20 · Decode\n\n## Part" and nb.cells[1].source == "# Another"
