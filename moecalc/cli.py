@@ -664,7 +664,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sequences per attention-DP rank (TP devices; = per device at TP1): a range 1-512 or a list "
                         "6,8,10 (default 1-512)")
     p.add_argument("--batch-per", default="rank", choices=["rank", "device"],
-                   help="--batch counts sequences per attention-DP rank (default) or per device")
+                   help="--batch counts sequences per attention-DP rank (default, under every policy) or per "
+                        "device (seed 002's 'Batch')")
     p.add_argument("--mtp-accept", type=_at_least_one,
                    help="MTP: accepted tokens per step, 1 to 2 (default 1 = no MTP)")
     p.add_argument("--redundant-experts", type=_non_negative_int,

@@ -44,6 +44,15 @@ def policies() -> dict[str, Callable[..., roofline.DecodeStep]]:
     return {"roofline": roofline.decode, "seed002": seed002.decode}
 
 
+def default_batch_per(policy: str) -> str:
+    """What a search's batch counts when the caller does not say: the policy file's
+    ``batch_per`` where it has one (seed 002 counts sequences per chip), else per rank."""
+    from .policies import seed002
+
+    files = {"seed002": seed002.load_policy}
+    return files[policy]().batch_per if policy in files else "rank"
+
+
 def divisors(n: int) -> list[int]:
     small = [d for d in range(1, int(n**0.5) + 1) if n % d == 0]
     return sorted(set(small + [n // d for d in small]))
@@ -350,20 +359,24 @@ def search(
     tp: Sequence[int] | None = None,
     moe_tp: Sequence[int] | None = None,
     tbo: Sequence[bool] = (False, True),
-    batch_per: str = "rank",
+    batch_per: str | None = None,
     kv_len: int | None = None,
     redundant_experts: int = 0,
     mtp_accept: float = 1.0,
+    decode: Callable[..., roofline.DecodeStep] | None = None,
 ) -> Result:
     """Evaluate every layout of `m` on each device count with one call of the policy.
 
-    SLO and memory cap default to the workload's; the memory limit is the smaller of the cap
+    `batch_per` defaults to the policy's (:func:`default_batch_per`). SLO and memory cap
+    default to the workload's; the memory limit is the smaller of the cap
     and the capacity the policy allows weights and KV cache. `kv_len` defaults to the
-    workload's average KV length. `redundant_experts` (EPLB copies) and `mtp_accept` (MTP's
-    accepted tokens per step) are passed to the policy as ``decode`` takes them."""
-    decode = policies().get(policy)
+    workload's average KV length. `decode` replaces the named policy's function (same
+    signature), e.g. seed002.decode under another reading of the seed. `redundant_experts`
+    (EPLB copies) and `mtp_accept` (MTP's accepted tokens per step) are passed to the policy."""
+    decode = decode or policies().get(policy)
     if decode is None:
         raise InputError(f"unknown policy {policy!r} (known: {', '.join(policies())})")
+    batch_per = default_batch_per(policy) if batch_per is None else batch_per
     if redundant_experts < 0:
         raise InputError(f"redundant experts must be ≥ 0, got {redundant_experts}")
     options: dict[str, Any] = {"mtp_accept": float(mtp_accept)} if mtp_accept != 1.0 else {}

@@ -64,11 +64,14 @@ class Efficiency:
     comm_sms: int
     mma_tile_rows: int
     usable_memory: float
+    compute_memory_overlap: float = 1.0  # 1: a kernel takes max(compute, memory); 0: their sum
     sources: Mapping[str, str] = field(default_factory=dict)
 
 
 # What an optional entry means when a profile leaves it out (see profiles.EFFICIENCY_OPTIONAL).
-_ABSENT = {"comm_sms": 0, "mma_tile_rows": 1, "usable_memory": 1.0}
+# `compute_memory_overlap` is no hardware-profile field but a policy's opinion: the roofline's
+# is 1 (a kernel takes the longer of its compute and memory time); seed002 passes 0 (added).
+_ABSENT = {"comm_sms": 0, "mma_tile_rows": 1, "usable_memory": 1.0, "compute_memory_overlap": 1.0}
 
 
 def efficiency(hw: Hardware) -> Efficiency:
@@ -99,6 +102,7 @@ def efficiency(hw: Hardware) -> Efficiency:
         comm_sms=int(value("comm_sms")),
         mma_tile_rows=int(value("mma_tile_rows")),
         usable_memory=value("usable_memory"),
+        compute_memory_overlap=value("compute_memory_overlap"),
         sources={k: v["source"] for k, v in e.items() if v},
     )
 
@@ -175,10 +179,14 @@ def gemm_input_bytes(weight_dtype: str, activation_dtype: str) -> float:
 
 
 def op_time(flops, nbytes, flop_rate: float, dev: Device, write_bytes=0.0):
-    """Roofline time of one kernel: compute- or memory-bound, plus its floor. `write_bytes`
+    """Roofline time of one kernel: compute- or memory-bound, plus its floor (with a policy's
+    ``compute_memory_overlap`` below 1, that share of the shorter time is not hidden). `write_bytes`
     are written after the main loop (a GEMM's output tile leaves once its sum is done), so
     they add to the time instead of overlapping it."""
-    t = np.maximum(np.divide(flops, flop_rate), np.divide(nbytes, dev.memory_bandwidth))
+    compute, memory = np.divide(flops, flop_rate), np.divide(nbytes, dev.memory_bandwidth)
+    t = np.maximum(compute, memory)
+    if dev.eff.compute_memory_overlap < 1.0:  # the part of the shorter one not hidden adds (DS_TPU §7.3's form)
+        t = t + (1.0 - dev.eff.compute_memory_overlap) * np.minimum(compute, memory)
     if np.ndim(write_bytes) or write_bytes:
         w = np.divide(write_bytes, dev.memory_bandwidth)
         t = np.add(t, w, out=t) if isinstance(t, np.ndarray) and t.shape == np.shape(w) else t + w
