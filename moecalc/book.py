@@ -312,7 +312,11 @@ def merge_parameters(nb: dict[str, Any], parameters: Mapping[str, Any]) -> None:
     tags = lambda c: c.get("metadata", {}).get("tags", [])  # noqa: E731
     injected = [i for i, c in enumerate(cells) if "injected-parameters" in tags(c)]
     target = next((c for c in cells if "parameters" in tags(c)), None)
-    if not injected or target is None:
+    if target is None:
+        return
+    if "hide-input" not in tags(target):  # collapsed, with or without an override
+        target.setdefault("metadata", {})["tags"] = [*tags(target), "hide-input"]
+    if not injected:
         return
     src = target["source"] if isinstance(target["source"], str) else "".join(target["source"])
     lines = src.split("\n")
@@ -325,8 +329,6 @@ def merge_parameters(nb: dict[str, Any], parameters: Mapping[str, Any]) -> None:
             lines[node.lineno - 1: node.end_lineno] = [f"{name} = {_literal(todo.pop(name))}{rest}"]
     lines += [f"{k} = {_literal(v)}" for k, v in todo.items()]
     target["source"] = "\n".join(lines)
-    meta = target.setdefault("metadata", {})
-    meta["tags"] = [*tags(target), *(["hide-input"] if "hide-input" not in tags(target) else [])]
     for i in reversed(injected):
         del cells[i]
 

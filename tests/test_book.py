@@ -265,7 +265,7 @@ def test_clean_notebook_strips_volatile_metadata_and_sets_stable_ids():
     for volatile in ("papermill", "\"execution\"", "jupytext", "version", "duration", "2026-01-01", "random-uuid"):
         assert volatile not in text, volatile
     assert [c["id"] for c in nb["cells"]] == ["decode-000", "decode-001"]
-    assert nb["cells"][1]["metadata"] == {"tags": ["parameters"]}
+    assert nb["cells"][1]["metadata"] == {"tags": ["parameters", "hide-input"]}  # collapsed on the page
     assert nb["metadata"]["language_info"] == {"name": "python"}
     assert nb["metadata"]["moecalc"] == {"chapter": "decode", "profile": "h800", "parameters": {"hardware": "h800"},
                                          "inputs": "digest", "reads": [], "tables": ["tables/h800-decode-t.csv"]}
