@@ -126,7 +126,7 @@ class Page:
         _display({GLUE_PREFIX + "text/markdown": text, GLUE_PREFIX + "text/plain": text},
                  {"scrapbook": {"name": key, "mime_prefix": GLUE_PREFIX}})
 
-    def key_results(self, items: Sequence[tuple[str, str, str]], key: str = "key-results") -> None:
+    def key_results(self, items: Sequence[tuple[str, str, str]], key: str = "key-results", note: str = "") -> None:
         """The figures a page exists for, shown in the box at its top.
 
         Each item is ``(figure, conditions, label)``: the figure in bold (e.g. "524 tokens/s per
@@ -137,7 +137,7 @@ class Page:
         it."""
         lines = [f"* **{figure}**: {conditions}; derived in {{numref}}`{label}`."
                  for figure, conditions, label in items]
-        self.glue(key, "\n".join(lines) + "\n")
+        self.glue(key, "\n".join(lines) + (f"\n\n*{note}*" if note else "") + "\n")
 
     def workload(self, wl: Any, kv_len: float | None = None, *, kv_how: str | None = None, hit_rate: float | None = None,
                  mtp_accept: float = 1.0, routing: str = "balanced (every expert equally loaded)",
@@ -272,6 +272,21 @@ class Page:
             {"scrapbook": {"name": label, "mime_prefix": GLUE_PREFIX}},
         )
         self.md(f"```{{glue:figure}} {label}\n:name: {label}\n:figwidth: 100%\n\n{caption}\n```")
+
+
+def efficiency_note(hw: Any) -> str:
+    """How sure the roofline is on `hw`: how many of its profile's efficiencies are measured on
+    another GPU (sources marked TRANSFERRED) or assumed (ASSUMPTION), for a key-results box."""
+    sources = [str(e.get("source", "")) for e in hw.efficiency.values() if isinstance(e, dict)]
+    moved = sum(s.startswith("TRANSFERRED") for s in sources)
+    assumed = sum(s.startswith("ASSUMPTION") for s in sources)
+    if not moved and not assumed:
+        return f"No efficiency in {hw.name}'s profile is marked transferred from another GPU or assumed."
+    parts = [f"{moved} transferred from another GPU's measurement" if moved else "",
+             f"{assumed} assumed without a measurement" if assumed else ""]
+    return (f"Of {len(sources)} efficiencies in {hw.name}'s profile, {' and '.join(p for p in parts if p)}: "
+            "these figures carry that uncertainty (the chapter \"Validation\" measures the error where published "
+            "systems exist).")
 
 
 def fmt_si(value: float, unit: str, digits: int = 3) -> str:
