@@ -256,11 +256,16 @@ def _decode_seed003(args: argparse.Namespace) -> int:
     from .policies import seed003
 
     m, hw, wl = _load(args, "model", "hardware", "workload")
-    d = seed003.decode(m, hw, args.batch, args.kv_len, args.tp, output_len=wl.output_len, ep=args.ep)
+    # --batch means sequences per attention-DP rank under every policy; seed 003's algebra is per GPU
+    if m.num_attention_heads % args.tp == 0 and args.batch % args.tp:  # (a bad TP: seed003.decode says so)
+        raise InputError(f"--batch {args.batch} (sequences per attention-DP rank of TP{args.tp} GPUs) must be a "
+                         f"multiple of the TP for seed 003's per-GPU model")
+    per_gpu = args.batch // args.tp
+    d = seed003.decode(m, hw, per_gpu, args.kv_len, args.tp, output_len=wl.output_len, ep=args.ep)
     needed, available = float(d.memory_needed), d.memory_available
     if needed > available:
         raise InputError(
-            f"batch {args.batch} does not fit on {hw.name} at TP{args.tp}: it needs {needed / GB:.1f} GB per GPU "
+            f"batch {args.batch} does not fit on {hw.name} at TP{args.tp} ({per_gpu} sequences per GPU): it needs {needed / GB:.1f} GB per GPU "
             f"(weights + KV cache), {available / GB:.1f} GB are usable, over by {(needed - available) / GB:.1f} GB"
         )
     data = {
@@ -269,6 +274,8 @@ def _decode_seed003(args: argparse.Namespace) -> int:
         "model": m.name,
         "tp": args.tp,
         "batch": args.batch,
+        "batch_meaning": "sequences per attention-DP rank (tp GPUs)",
+        "batch_per_gpu": per_gpu,
         "kv_len": args.kv_len,
         "tpot_ms": d.tpot * MS,
         "tpot_overlap_ms": d.tpot_overlap * MS,
@@ -283,7 +290,8 @@ def _decode_seed003(args: argparse.Namespace) -> int:
     }
 
     def text() -> str:
-        head = (f"{m.name} decode on {hw.name}, policy seed003: TP{args.tp}, batch {args.batch} per GPU, "
+        head = (f"{m.name} decode on {hw.name}, policy seed003: TP{args.tp}, {args.batch} sequences per attention-DP "
+                f"rank ({per_gpu} per GPU), "
                 f"KV length {args.kv_len:,}")
         rows = [
             ("TPOT, nothing overlapped (ms)", data["tpot_ms"]),
@@ -610,10 +618,12 @@ def cmd_search(args: argparse.Namespace) -> int:
         m, hw, wl, args.devices, search.parse_batches(args.batch), policy=args.policy,
         min_tokens_per_user=args.min_tokens_per_user, max_memory_gb=args.max_memory_gb, tp=args.tp,
         moe_tp=args.moe_tp, tbo=tbo, batch_per=args.batch_per, kv_len=args.kv_len, framework=fw,
+        redundant_experts=args.redundant_experts or 0, mtp_accept=args.mtp_accept or 1.0,
     )
     data = {"hardware": hw.name, "model": m.name, "workload": wl.name, **result.summary(args.top)}
     listed = data["top"] + [e["best"] for e in data.get("by_devices", []) if e["best"]]
-    search.add_bands(listed, m, hw, wl, data["kv_len"], args.policy, fw)
+    search.add_bands(listed, m, hw, wl, data["kv_len"], args.policy, fw, args.redundant_experts or 0,
+                     args.mtp_accept or 1.0)
     if args.policy == "roofline":
         data["band_meaning"] = BAND_MEANING
     if args.csv:
@@ -648,6 +658,8 @@ def cmd_search(args: argparse.Namespace) -> int:
             rows = [[e["devices"], *([e["best"][c] for c in cols[1:]] if e["best"] else [None] * (len(cols) - 1))]
                     for e in data["by_devices"]]
             out += ["", report.table(cols, rows, digits=2, title="best per device count")]
+            out += [f"{e['devices']} devices: no feasible layout, {e['why_none']}" for e in data["by_devices"]
+                    if e["why_none"]]
         if args.csv:
             out += ["", f"wrote {data['csv']['rows']:,} layouts to {args.csv}"]
         if args.emit:
@@ -763,7 +775,7 @@ def build_parser() -> argparse.ArgumentParser:
     profiles(p)
     p.add_argument("--tp", type=positive_int, required=True, help="attention tensor-parallel size")
     p.add_argument("--batch", type=positive_int, required=True,
-                   help="sequences per attention-DP rank (roofline; = per GPU at TP1) or per GPU (seed003)")
+                   help="sequences per attention-DP rank (TP GPUs; = per GPU at TP1), under every policy")
     p.add_argument("--kv-len", type=positive_int, required=True, help="KV-cache tokens per sequence")
     p.add_argument("--ep", type=positive_int,
                    help="expert-parallel size (roofline: default devices / moe-tp; seed003: memory only)")
@@ -781,10 +793,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=positive_int, default=10, help="layouts to list (default 10)")
     p.add_argument("--policy", default="roofline", choices=["roofline", "seed002"], help="timing policy")
     p.add_argument("--csv", metavar="PATH", type=_file_name, help="write every evaluated layout and its reason to PATH")
-    p.add_argument("--batch", default="1-512", help="batch sizes: a range 1-512 or a list 6,8,10 (default 1-512)")
-    p.add_argument("--batch-per", choices=["rank", "device"],
-                   help="--batch counts sequences per attention-DP rank or per device (default: the policy's; "
-                        "rank for roofline, device for seed002)")
+    p.add_argument("--batch", default="1-512",
+                   help="sequences per attention-DP rank (TP devices; = per device at TP1): a range 1-512 or a list "
+                        "6,8,10 (default 1-512)")
+    p.add_argument("--batch-per", default="rank", choices=["rank", "device"],
+                   help="--batch counts sequences per attention-DP rank (default, under every policy) or per "
+                        "device (seed 002's 'Batch')")
+    p.add_argument("--mtp-accept", type=_at_least_one,
+                   help="MTP: accepted tokens per step, 1 to 2 (default 1 = no MTP)")
+    p.add_argument("--redundant-experts", type=_non_negative_int,
+                   help="extra expert copies for load balancing; EP must divide E + r (roofline; default 0)")
     p.add_argument("--tp", type=positive_int_list, help="only these attention TP sizes")
     p.add_argument("--moe-tp", type=positive_int_list, help="only these MoE TP sizes")
     p.add_argument("--tbo", default="both", choices=["both", "on", "off"], help="two-batch overlap (default: both)")

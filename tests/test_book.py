@@ -126,7 +126,8 @@ def test_toc_has_one_part_per_profile_and_existing_children_only(fake):
     assert toc["format"] == "jb-book" and toc["root"] == "intro"
     assert [p["caption"] for p in toc["parts"]] == [
         "The model", "B200 (b200.yaml)", "H800 SXM5 (h800.yaml)", "SG2260E (sg.yaml)", "Seeds"]
-    assert toc["parts"][2]["chapters"] == [{"file": "executed/h800/prefill"}, {"file": "executed/h800/decode"}]
+    # one entry per GPU, its other pages beneath (collapsed in the sidebar unless being read)
+    assert toc["parts"][2]["chapters"] == [{"file": "executed/h800/prefill", "sections": [{"file": "executed/h800/decode"}]}]
     assert toc["parts"][3]["chapters"] == [{"file": "executed/sg/decode"}]
     assert toc["parts"][4]["chapters"] == [{"file": "executed/common/seed", "sections": [{"file": "errata"}]}]
     assert book.toc_yaml(toc).startswith("# Generated")
@@ -282,7 +283,7 @@ def test_clean_notebook_strips_volatile_metadata_and_sets_stable_ids():
     for volatile in ("papermill", "\"execution\"", "jupytext", "version", "duration", "2026-01-01", "random-uuid"):
         assert volatile not in text, volatile
     assert [c["id"] for c in nb["cells"]] == ["decode-000", "decode-001"]
-    assert nb["cells"][1]["metadata"] == {"tags": ["parameters"]}
+    assert nb["cells"][1]["metadata"] == {"tags": ["parameters", "hide-input"]}  # collapsed on the page
     assert nb["metadata"]["language_info"] == {"name": "python"}
     assert nb["metadata"]["moecalc"] == {"chapter": "decode", "profile": "h800", "parameters": {"hardware": "h800"},
                                          "inputs": "digest", "reads": [], "tables": ["tables/h800-decode-t.csv"]}
@@ -566,3 +567,34 @@ def test_every_executed_page_ends_with_its_provenance_line():
         assert last["cell_type"] == "markdown" and source.startswith("<small>Provenance: moecalc "), path
         for read in nb["metadata"]["moecalc"]["reads"]:
             assert f"`{read}` sha256:" in source, (path, read)
+
+
+# ---------------------------------------------------------------- one parameters cell, titles
+
+
+def test_injected_parameters_fold_into_the_parameters_cell():
+    nb = {"cells": [
+        {"cell_type": "markdown", "metadata": {}, "source": "# Decode"},
+        {"cell_type": "code", "metadata": {"tags": ["parameters"]}, "outputs": [],
+         "source": 'hardware = "h800"      # a file stem\nbatches = [8,\n           16]  # two lines\nep = 144'},
+        {"cell_type": "code", "metadata": {"tags": ["injected-parameters"]}, "outputs": [],
+         "source": '# Parameters\nhardware = "h20"\nbatches = [4]\nextra = 2\n'},
+        {"cell_type": "code", "metadata": {}, "outputs": [], "source": "x = 1"},
+    ]}
+    book.merge_parameters(nb, {"hardware": "h20", "batches": [4], "extra": 2})
+    cells = nb["cells"]
+    assert len(cells) == 3 and not any("injected-parameters" in c["metadata"].get("tags", []) for c in cells)
+    assert cells[1]["source"] == 'hardware = "h20"      # a file stem\nbatches = [4]  # two lines\nep = 144\nextra = 2'
+    assert cells[1]["metadata"]["tags"] == ["parameters", "hide-input"]
+    ns: dict = {}
+    exec(cells[1]["source"], ns)  # the folded cell runs, and gives the injected values
+    assert (ns["hardware"], ns["batches"], ns["ep"], ns["extra"]) == ("h20", [4], 144, 2)
+
+
+def test_retitle_prefixes_the_first_heading_with_the_gpu():
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("---\nx: 1\n---\n\n# Decode\n\n## Part"),
+                                         nbformat.v4.new_markdown_cell("# Another")])
+    book.retitle(nb, "H20")
+    assert nb.cells[0].source == "---\nx: 1\n---\n\n# H20 · Decode\n\n## Part" and nb.cells[1].source == "# Another"

@@ -199,7 +199,7 @@ GOOD: dict[str, list[str]] = {
                     "--json"],
     "prefill": ["prefill", "--policy", "seed003", "--hardware", "h800", "--tp", "4", "--json"],
     "prefill-copy": ["prefill", "--policy", "seed003", "--hardware", "{tmp}/copy/h800.yaml", "--tp", "4", "--json"],
-    "decode-text": ["decode", "--policy", "seed003", "--hardware", "h20", "--tp", "4", "--batch", "32", "--kv-len", "4383"],
+    "decode-text": ["decode", "--policy", "seed003", "--hardware", "h20", "--tp", "4", "--batch", "128", "--kv-len", "4383"],
     "reproduce": ["reproduce", "seed-003", "--json"],
     "errata": ["reproduce", "seed-003", "--errata"],
 }
@@ -298,7 +298,8 @@ def test_prefill_json_is_the_seeds(runs):
 def test_decode_text_output(runs):
     result = runs["decode-text"]
     assert result.returncode == 0 and result.stderr == ""
-    assert "TPOT" in result.stdout and "35.367" in result.stdout  # seed 003 TL;DR, H20(TP4) batch 32
+    assert "TPOT" in result.stdout and "35.367" in result.stdout  # seed 003 TL;DR, H20(TP4) batch 32 per GPU
+    assert "128 sequences per attention-DP rank (32 per GPU)" in result.stdout  # --batch is per rank
 
 
 def test_reproduce_json(runs):
