@@ -172,7 +172,11 @@ def test_records_by_hand():
     assert decode["within"] is True and decode["tolerance_pct"] == 10
     ratio = rec["lmsys-decode-tbo-gain-32"]
     assert ratio["published"] == 0.73 and ratio["within"] is False  # TBO at batch 32 costs LMSYS 27 %
-    assert 0.9 < ratio["computed"] < 0.95  # the model loses only 5-10 %: an accepted miss
+    # the model loses 15-20 % (each micro-batch pays its kernel floors, small kernels and launch
+    # gaps again): 0.80 / 0.73 = +9.6 % to 0.85 / 0.73 = +16.4 %, beyond the ±10 % but for the
+    # lowest ratios: an accepted miss
+    assert 0.8 < ratio["computed"] < 0.85
+    assert ratio["tolerance_pct"] == 10 and abs(ratio["computed"] / 0.73 - 1) > 0.10
 
 
 def test_the_reference_figures_are_all_there(system_records):
