@@ -72,6 +72,6 @@ def prefill_instances(m: Model, hw: Hardware, wl: Workload, devices: Iterable[in
         per_device = float(np.broadcast_to(run.tokens_per_s_per_device, n.shape)[i, 0])
         copies = int(np.ceil(demand_tokens_per_s / (per_device * d)))
         out.append({"devices": int(d), "tbo": bool(k), "first_token_s": times[k], "tokens_per_s_per_device": per_device,
-                    "memory_gb": need / 1e9, "fits": need <= float(run.memory_usable), "instances": copies,
+                    "memory_gb": need / 1e9, "fits": need <= float(np.broadcast_to(run.memory_usable, n.shape)[i, 0]), "instances": copies,
                     "total_devices": copies * int(d), "busy": demand_tokens_per_s / (copies * int(d) * per_device)})
     return sorted((e for e in out if e["fits"]), key=lambda e: (e["total_devices"], e["devices"]))
