@@ -301,9 +301,78 @@ def table_links(nb: Mapping[str, Any]) -> list[str]:
     return sorted(found)
 
 
+def provenance(source: Path, reads: Sequence[str], root: Path = ROOT) -> str:
+    """The line that ends every page, for citing it: the moecalc version, a content hash of
+    the page's source and of every params file it read. No commit id or date, so that the
+    page stays byte-identical when nothing it depends on changed."""
+    from . import __version__
+
+    def short(path: Path) -> str:
+        return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+    src = source.resolve()
+    name = src.relative_to(root.resolve()).as_posix() if src.is_relative_to(root.resolve()) else src.name
+    files = [f"`{r}` {short(root / r)}" for r in reads if (root / r).is_file()]
+    return (f"<small>Provenance: moecalc {__version__}; page source `{name}` {short(src)}; "
+            f"params read: {', '.join(files) if files else 'none'}.</small>")
+
+
+def retitle(nb, gpu: str) -> None:
+    """Prefix the page's first ``# Title`` with the GPU's name: ``# H20 · Decode``."""
+    for cell in nb.cells:
+        if cell.cell_type != "markdown":
+            continue
+        lines = cell.source.split("\n")
+        for i, line in enumerate(lines):
+            if line.startswith("# "):
+                lines[i] = f"# {gpu} · {line[2:]}"
+                cell.source = "\n".join(lines)
+                return
+
+
+def _literal(value: Any) -> str:
+    """A parameter as Python source, strings in double quotes as the chapters write them."""
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, str) else repr(value)
+
+
+def merge_parameters(nb: dict[str, Any], parameters: Mapping[str, Any]) -> None:
+    """Fold papermill's injected cell into the page's ``parameters`` cell, so that the page
+    shows one cell with the values it ran with (``hardware = "h20"``, not the default and then
+    an override), and collapse it (``hide-input``). Re-running the cell gives the same state."""
+    import ast
+
+    cells = nb.get("cells", [])
+    tags = lambda c: c.get("metadata", {}).get("tags", [])  # noqa: E731
+    injected = [i for i, c in enumerate(cells) if "injected-parameters" in tags(c)]
+    target = next((c for c in cells if "parameters" in tags(c)), None)
+    if target is None:
+        return
+    if "hide-input" not in tags(target):  # collapsed, with or without an override
+        target.setdefault("metadata", {})["tags"] = [*tags(target), "hide-input"]
+    if not injected:
+        return
+    src = target["source"] if isinstance(target["source"], str) else "".join(target["source"])
+    lines = src.split("\n")
+    todo = dict(parameters)
+    for node in sorted(ast.parse(src).body, key=lambda n: -n.lineno):  # bottom up: line numbers stay valid
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+                and node.targets[0].id in todo):
+            name = node.targets[0].id
+            rest = lines[node.end_lineno - 1][node.end_col_offset:]  # the comment after the value
+            lines[node.lineno - 1: node.end_lineno] = [f"{name} = {_literal(todo.pop(name))}{rest}"]
+    lines += [f"{k} = {_literal(v)}" for k, v in todo.items()]
+    target["source"] = "\n".join(lines)
+    for i in reversed(injected):
+        del cells[i]
+
+
 def clean_notebook(nb: dict[str, Any], chapter: str, profile: str, parameters: Mapping[str, Any],
-                   digest: str, reads: Sequence[str] = ()) -> dict[str, Any]:
-    """Strip what varies between runs; add what the driver needs to skip re-execution."""
+                   digest: str, reads: Sequence[str] = (), provenance_line: str | None = None) -> dict[str, Any]:
+    """Strip what varies between runs; add what the driver needs to skip re-execution, and
+    the provenance line as the page's last cell."""
+    merge_parameters(nb, parameters)
+    if provenance_line:
+        nb.setdefault("cells", []).append({"cell_type": "markdown", "metadata": {}, "source": provenance_line})
     for i, cell in enumerate(nb.get("cells", [])):
         cell["id"] = cell_id(chapter, i)
         meta = cell.get("metadata", {})
@@ -392,6 +461,9 @@ def execute(job: Job, common: str, failed_dir: Path, root: Path = ROOT) -> Resul
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
     os.environ["MPLBACKEND"] = "agg"
     source = jupytext.read(job.chapter.path)
+    if job.chapter.per == "hardware":  # "H20 · Decode": the title says which GPU the page is about
+        name = read_profile(root / "params", job.profile).get("name") or job.profile
+        retitle(source, name)
     source.cells.append(nbformat.v4.new_code_cell(READS_CELL))
     scratch = failed_dir / job.profile / job.output.name  # papermill's own copy: kept only if the run fails
     scratch.parent.mkdir(parents=True, exist_ok=True)
@@ -413,7 +485,8 @@ def execute(job: Job, common: str, failed_dir: Path, root: Path = ROOT) -> Resul
     nb = dict(nb)
     reads = relative_reads(pop_reads(nb), root)
     digest = job_digest(job, common, reads, root)
-    nb = clean_notebook(nb, job.name, job.profile, job.parameters, digest, reads)
+    nb = clean_notebook(nb, job.name, job.profile, job.parameters, digest, reads,
+                        provenance(job.chapter.path, reads, root))
     text = dumps(nb)
     warnings = stderr_outputs(nb)
     if warnings:
@@ -534,7 +607,12 @@ def toc(jobs: Sequence[Job], params_dir: Path, book_dir: Path = BOOK_DIR, root: 
             hw_chapters = [c for c in chapters if c.per == "hardware"]
             for p in profiles:
                 entries = [entry(j) for c in hw_chapters for j in jobs if j.chapter == c and j.profile == p]
-                parts.append({"caption": hardware_title(params_dir, p), "chapters": entries})
+                # one entry per GPU with its other pages beneath: the sidebar shows them only for the
+                # GPU being read (show_navbar_depth 1), not 5 × every profile
+                head, rest = entries[0], entries[1:]
+                if rest:
+                    head = {**head, "sections": [*head.get("sections", []), *rest]}
+                parts.append({"caption": hardware_title(params_dir, p), "chapters": [head]})
             continue
         caption = ch.part or ch.name
         entries = [entry(j) for j in jobs if j.chapter == ch]
@@ -574,8 +652,8 @@ def prune_html(jobs: Sequence[Job], html_dir: Path) -> list[Path]:
     return removed
 
 
-def build_html(book_dir: Path, toc_path: Path, strict: bool = True, jobs: int = 1) -> int:
-    """Jupyter Book → ``book/_build/html``. Returns the number of Sphinx warnings."""
+def build_html(book_dir: Path, toc_path: Path, strict: bool = True, jobs: int = 1, out_dir: Path | None = None) -> int:
+    """Jupyter Book → ``book/_build/html`` (or `out_dir`). Returns the number of Sphinx warnings."""
     import io
 
     from jupyter_book.sphinx import build_sphinx
@@ -597,7 +675,7 @@ def build_html(book_dir: Path, toc_path: Path, strict: bool = True, jobs: int = 
     try:
         result = build_sphinx(
             book_dir,
-            book_dir / BUILD / "html",
+            out_dir or book_dir / BUILD / "html",
             use_external_toc=True,
             noconfig=True,
             path_config=str(book_dir / "_config.yml"),
@@ -616,6 +694,114 @@ def build_html(book_dir: Path, toc_path: Path, strict: bool = True, jobs: int = 
     if result:
         raise InputError(f"the HTML build failed with {warnings} warning(s) (see above)")
     return warnings
+
+
+# ---------------------------------------------------------------- rendered-HTML check
+
+# Text that must never reach a reader: MyST a parser left unparsed (Sphinx -W and nbval pass it).
+RAW_MYST = ("```{", ":::{", "{download}`", "{numref}`", "{glue:", ":name:", ":align:")
+# Widest display-equation line, in characters of rendered TeX (subscripts count 0.7): about the
+# content column of a 1400-px window (the article is ~72 rem; MathJax sets ~11 px per character).
+MAX_EQUATION_CHARS = 85
+
+
+def equation_width(tex: str) -> float:
+    """A rendered display line's width in characters, estimated from its TeX: commands that
+    draw nothing or one glyph shrink, a fraction is as wide as its wider part, text in
+    sub/superscripts counts 0.7."""
+    t = re.sub(r"\\(left|right|[Bb]igg?|displaystyle|,|;|!|quad|qquad)\b|\\[,;!]", lambda mm: {"quad": "  ", "qquad": "    "}.get(mm.group(1) or "", ""), tex)
+    t = re.sub(r"\\(text|mathrm|operatorname|mathbf|mathit)\{([^{}]*)\}", r"\2", t)
+    for _ in range(3):  # nested fractions, innermost first
+        t = re.sub(r"\\frac\{([^{}]*)\}\{([^{}]*)\}", lambda mm: max(mm.group(1), mm.group(2), key=len), t)
+    t = re.sub(r"\\[A-Za-z]+", "x", t)  # any other command: one glyph
+    small = sum(len(g) for g in re.findall(r"[_^]\{([^{}]*)\}", t)) + len(re.findall(r"[_^][^{]", t))
+    t = re.sub(r"[{}_^&]", "", t)
+    return len(re.sub(r"\s+", " ", t).strip()) - 0.3 * small
+
+
+class _PageScan:
+    """Reads one built page: the text outside the notebook's own code cells, its tables and
+    whether each has a number, and its display equations."""
+
+    def __init__(self, text: str):
+        from html.parser import HTMLParser
+
+        scan = self
+        self.text: list[str] = []
+        self.tables: list[tuple[str, bool]] = []  # (id or first cell text, numbered)
+        self.math: list[str] = []
+
+        class P(HTMLParser):
+            def __init__(self):
+                super().__init__(convert_charrefs=True)
+                self.stack: list[tuple[str, bool, bool]] = []  # (tag, skips, is math)
+                self.table: list | None = None
+
+            def skipping(self):
+                return any(sk for _, sk, _ in self.stack)
+
+            def handle_starttag(self, tag, attrs):
+                a = dict(attrs)
+                cls = (a.get("class") or "").split()
+                if tag in ("br", "img", "hr", "meta", "link", "input", "col", "source", "wbr"):
+                    return
+                self.stack.append((tag, "cell_input" in cls, tag == "div" and "math" in cls))
+                if tag == "table" and not self.skipping():
+                    self.table = [a.get("id") or "", False]
+                if tag == "span" and "caption-number" in cls and self.table is not None:
+                    self.table[1] = True
+
+            def handle_endtag(self, tag):
+                while self.stack:
+                    t, _, _ = self.stack.pop()
+                    if t == tag:
+                        break
+                if tag == "table" and self.table is not None:
+                    scan.tables.append((self.table[0], self.table[1]))
+                    self.table = None
+
+            def handle_data(self, data):
+                if self.skipping():
+                    return
+                scan.text.append(data)
+                if self.table is not None and not self.table[0] and data.strip():
+                    self.table[0] = data.strip()[:40]
+                if any(m for _, _, m in self.stack):
+                    scan.math.append(data)
+
+        P().feed(text)
+
+
+def html_defects(text: str, numbered_tables: bool = True) -> list[str]:
+    """What a reader would see wrong on one built page: raw MyST or role syntax (outside the
+    notebook's own code cells), a table without a number, a display equation wider than the
+    content column."""
+    scan = _PageScan(text)
+    body = "".join(scan.text)
+    found = [f"raw MyST {pat!r}: ...{body[max(0, i - 60):i + 60]!r}..." for pat in RAW_MYST
+             for i in [body.find(pat)] if i >= 0]
+    if numbered_tables:
+        found += [f"table without a number: {name!r}" for name, numbered in scan.tables if not numbered]
+    for block in scan.math:
+        tex = block.strip().removeprefix("\\[").removesuffix("\\]")
+        for line in re.split(r"\\\\", tex):
+            width = equation_width(line)
+            if width > MAX_EQUATION_CHARS:
+                found.append(f"equation line of ~{width:.0f} characters (at most {MAX_EQUATION_CHARS}): {line.strip()[:80]!r}")
+    return found
+
+
+def check_html(html_dir: Path, docnames: Iterable[str], unnumbered_ok: Iterable[str] = ()) -> dict[str, list[str]]:
+    """`html_defects` of each built page (docname without ``.html``); pages with none omitted."""
+    ok = set(unnumbered_ok)
+    out = {}
+    for doc in docnames:
+        path = html_dir / f"{doc}.html"
+        found = html_defects(path.read_text(encoding="utf-8"), numbered_tables=doc not in ok) if path.is_file() \
+            else [f"{path} was not built"]
+        if found:
+            out[doc] = found
+    return out
 
 
 # ---------------------------------------------------------------- main

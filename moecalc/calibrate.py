@@ -20,6 +20,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .checks import MAX_COUNT
+from .counts import KV_FORMATS
+from .units import DTYPE_BYTES
 from .errors import InputError
 from .profiles import EFFICIENCY_FIELDS, PARAMS_DIR, load_hardware, load_model, read_yaml
 from .policies import roofline as rl
@@ -33,6 +36,8 @@ KERNELS = ("gemm", "grouped_gemm", "mla_decode", "attention_prefill", "deepep_no
 # and the launch gap before it), the gap itself, and the framework's host time per step and
 # host launch per kernel outside a CUDA graph (conditions name the framework profile).
 METRICS = ("tflops", "gb_s", "us")
+# Condition values are positive integers (sizes, counts) except these.
+_CONDITION_KINDS = {"op": "str", "kv_dtype": "str", "framework": "str", "causal": "bool"}
 _REQUIRED = ("id", "hardware", "kernel", "conditions", "metric", "measured", "tolerance_pct", "source")
 
 
@@ -82,6 +87,15 @@ def load_points(path: Path | None = None) -> list[KernelPoint]:
             raise InputError(f"{where}: field 'pins': not an efficiency entry: {p['pins']!r}")
         if not isinstance(p["conditions"], dict):
             raise InputError(f"{where}: field 'conditions': must be a mapping")
+        for key, v in p["conditions"].items():
+            kind = _CONDITION_KINDS.get(key, "count")
+            ok = (isinstance(v, str) if kind == "str" else isinstance(v, bool) if kind == "bool"
+                  else not isinstance(v, bool) and isinstance(v, int) and 0 < v <= MAX_COUNT)
+            if not ok:
+                want = {"str": "text", "bool": "true or false", "count": "a positive integer"}[kind]
+                raise InputError(f"{where}: field 'conditions.{key}': must be {want}, got {v!r}")
+        if p["conditions"].get("kv_dtype", "bf16") not in (*DTYPE_BYTES, *KV_FORMATS):
+            raise InputError(f"{where}: field 'conditions.kv_dtype': unknown dtype {p['conditions']['kv_dtype']!r}")
         out.append(KernelPoint(id=p["id"], hardware=p["hardware"], kernel=p["kernel"], conditions=p["conditions"],
                                metric=p["metric"], measured=float(p["measured"]),
                                tolerance_pct=float(p["tolerance_pct"]), source=p["source"], pins=p.get("pins")))

@@ -10,10 +10,11 @@ import argparse
 import sys
 from typing import Any, Callable, NoReturn
 
+from . import checks
 from .errors import InputError
 
 MS = 1e3  # seconds → milliseconds, for printing
-MAX_COUNT = 2**53  # largest integer count a float holds exactly
+MAX_COUNT = checks.MAX_COUNT  # largest integer count a float holds exactly
 GB = 1e9
 # weight dtypes the routed experts may take (block-scaled 4-bit formats included; see units.DTYPE_BYTES)
 EXPERT_DTYPES = ["bf16", "fp8", "nvfp4", "mxfp4"]
@@ -24,29 +25,32 @@ class _Parser(argparse.ArgumentParser):
         raise InputError(message)
 
 
+def _typed(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type from a checks parser: its InputError becomes argparse's message,
+    which names the option."""
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except InputError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix("value: ")) from None
+    convert.__name__ = parse.__name__
+    return convert
+
+
+@_typed
 def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    if value > MAX_COUNT:  # beyond this, floats lose integers and the arithmetic overflows
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_COUNT:,}, got {len(text)} digits")
-    return value
+    return checks.parse_count(text)
 
 
 def positive_int_list(text: str) -> list[int]:
     return [positive_int(part) for part in text.split(",")]
 
 
+@_typed
 def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    value = checks.parse_number(text)
+    if not value > 0:
+        raise InputError(f"must be a positive number, got {text!r}")
     return value
 
 
@@ -57,24 +61,43 @@ def _at_least_one(text: str) -> float:
     return value
 
 
+@_typed
 def _non_negative_int(text: str) -> int:
-    return 0 if text.strip() in ("0", "+0") else positive_int(text)
+    return checks.parse_count(text, zero_ok=True)
 
 
+@_typed
 def _hit_rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1), got {text!r}") from None
+    value = checks.parse_number(text)
     if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1), got {text!r}")
+        raise InputError(f"must be a fraction in [0, 1), got {text!r}")
     return value
 
 
-def _emit(args: argparse.Namespace, data: dict[str, Any], text: Callable[[], str]) -> int:
+def _file_name(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("must be a file name, got an empty one")
+    return text
+
+
+def _inputs(args: argparse.Namespace) -> str:
+    """The options a user gave, for an error about a result they led to."""
+    given = [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+             if k not in ("run", "command", "json") and v not in (None, False)]
+    return ", ".join(given)
+
+
+def _emit(args: argparse.Namespace, data: Any, text: Callable[[], str], signed: tuple[str, ...] = ()) -> int:
+    """Print `data` as JSON (with --json) or `text()`: every command's output passes here,
+    so that nothing non-finite, or negative outside the signed fields (checks.SIGNED and
+    `signed`), is ever printed."""
     from . import report
 
-    print(report.dumps(data) if args.json else text())
+    bad = checks.first_bad_number(data, signed=signed)
+    if bad:
+        raise InputError(f"the result {bad[0]} would be {bad[1]!r}: these inputs are outside the model's range "
+                         f"({_inputs(args)})")
+    _print(report.dumps(data) if getattr(args, "json", False) else text())
     return 0
 
 
@@ -233,11 +256,16 @@ def _decode_seed003(args: argparse.Namespace) -> int:
     from .policies import seed003
 
     m, hw, wl = _load(args, "model", "hardware", "workload")
-    d = seed003.decode(m, hw, args.batch, args.kv_len, args.tp, output_len=wl.output_len, ep=args.ep)
+    # --batch means sequences per attention-DP rank under every policy; seed 003's algebra is per GPU
+    if m.num_attention_heads % args.tp == 0 and args.batch % args.tp:  # (a bad TP: seed003.decode says so)
+        raise InputError(f"--batch {args.batch} (sequences per attention-DP rank of TP{args.tp} GPUs) must be a "
+                         f"multiple of the TP for seed 003's per-GPU model")
+    per_gpu = args.batch // args.tp
+    d = seed003.decode(m, hw, per_gpu, args.kv_len, args.tp, output_len=wl.output_len, ep=args.ep)
     needed, available = float(d.memory_needed), d.memory_available
     if needed > available:
         raise InputError(
-            f"batch {args.batch} does not fit on {hw.name} at TP{args.tp}: it needs {needed / GB:.1f} GB per GPU "
+            f"batch {args.batch} does not fit on {hw.name} at TP{args.tp} ({per_gpu} sequences per GPU): it needs {needed / GB:.1f} GB per GPU "
             f"(weights + KV cache), {available / GB:.1f} GB are usable, over by {(needed - available) / GB:.1f} GB"
         )
     data = {
@@ -246,6 +274,8 @@ def _decode_seed003(args: argparse.Namespace) -> int:
         "model": m.name,
         "tp": args.tp,
         "batch": args.batch,
+        "batch_meaning": "sequences per attention-DP rank (tp GPUs)",
+        "batch_per_gpu": per_gpu,
         "kv_len": args.kv_len,
         "tpot_ms": d.tpot * MS,
         "tpot_overlap_ms": d.tpot_overlap * MS,
@@ -260,7 +290,8 @@ def _decode_seed003(args: argparse.Namespace) -> int:
     }
 
     def text() -> str:
-        head = (f"{m.name} decode on {hw.name}, policy seed003: TP{args.tp}, batch {args.batch} per GPU, "
+        head = (f"{m.name} decode on {hw.name}, policy seed003: TP{args.tp}, {args.batch} sequences per attention-DP "
+                f"rank ({per_gpu} per GPU), "
                 f"KV length {args.kv_len:,}")
         rows = [
             ("TPOT, nothing overlapped (ms)", data["tpot_ms"]),
@@ -539,36 +570,36 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from . import report, validate
 
     records = validate.validate()
-    if args.json:
-        print(report.dumps(records))
-        return 0
+
     def fig(v: float) -> str:
         return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.4g}"
 
-    rows = [(r["id"], r["metric"], fig(r["published"]), fig(r["computed"]), r["error_pct"],
-             r["tolerance_pct"], "yes" if r["within"] else "no", f"{fig(r['band_low'])} - {fig(r['band_high'])}",
-             "yes" if r["in_band"] else "no") for r in records]
-    print(report.table(["point", "metric", "published", "computed", "error %", "± %", "within", "band", "in band"],
-                       rows, digits=1,
-                       title="roofline policy vs published system-level figures (params/measurements/systems.yaml)"))
-    s = validate.band_summary(records)
-    print(f"\npublished values inside their band: {s['inside']} of {s['points']} ({s['coverage_pct']:.0f} %); "
-          f"median band half-width ±{s['median_halfwidth_pct']:.1f} %")
-    return 0
+    def text() -> str:
+        rows = [(r["id"], r["metric"], fig(r["published"]), fig(r["computed"]), r["error_pct"],
+                 r["tolerance_pct"], "yes" if r["within"] else "no", f"{fig(r['band_low'])} - {fig(r['band_high'])}",
+                 "yes" if r["in_band"] else "no") for r in records]
+        s = validate.band_summary(records)
+        return (report.table(["point", "metric", "published", "computed", "error %", "± %", "within", "band", "in band"],
+                             rows, digits=1,
+                             title="roofline policy vs published system-level figures (params/measurements/systems.yaml)")
+                + f"\n\npublished values inside their band: {s['inside']} of {s['points']} ({s['coverage_pct']:.0f} %); "
+                f"median band half-width ±{s['median_halfwidth_pct']:.1f} %")
+
+    return _emit(args, records, text)
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from . import calibrate, report
 
     records = calibrate.evaluate()
-    if args.json:
-        print(report.dumps(records))
-        return 0
-    rows = [(r["hardware"], r["id"], r["metric"], r["measured"], r["model"], r["error_pct"], r["pins"] or "")
-            for r in records]
-    print(report.table(["hardware", "point", "metric", "measured", "model", "error %", "pins"], rows, digits=1,
-                       title="roofline op functions vs published kernel figures (params/measurements/kernels.yaml)"))
-    return 0
+
+    def text() -> str:
+        rows = [(r["hardware"], r["id"], r["metric"], r["measured"], r["model"], r["error_pct"], r["pins"] or "")
+                for r in records]
+        return report.table(["hardware", "point", "metric", "measured", "model", "error %", "pins"], rows, digits=1,
+                            title="roofline op functions vs published kernel figures (params/measurements/kernels.yaml)")
+
+    return _emit(args, records, text)
 
 
 # ---------------------------------------------------------------- search
@@ -587,10 +618,12 @@ def cmd_search(args: argparse.Namespace) -> int:
         m, hw, wl, args.devices, search.parse_batches(args.batch), policy=args.policy,
         min_tokens_per_user=args.min_tokens_per_user, max_memory_gb=args.max_memory_gb, tp=args.tp,
         moe_tp=args.moe_tp, tbo=tbo, batch_per=args.batch_per, kv_len=args.kv_len, framework=fw,
+        redundant_experts=args.redundant_experts or 0, mtp_accept=args.mtp_accept or 1.0,
     )
     data = {"hardware": hw.name, "model": m.name, "workload": wl.name, **result.summary(args.top)}
     listed = data["top"] + [e["best"] for e in data.get("by_devices", []) if e["best"]]
-    search.add_bands(listed, m, hw, wl, data["kv_len"], args.policy, fw)
+    search.add_bands(listed, m, hw, wl, data["kv_len"], args.policy, fw, args.redundant_experts or 0,
+                     args.mtp_accept or 1.0)
     if args.policy == "roofline":
         data["band_meaning"] = BAND_MEANING
     if args.csv:
@@ -625,6 +658,8 @@ def cmd_search(args: argparse.Namespace) -> int:
             rows = [[e["devices"], *([e["best"][c] for c in cols[1:]] if e["best"] else [None] * (len(cols) - 1))]
                     for e in data["by_devices"]]
             out += ["", report.table(cols, rows, digits=2, title="best per device count")]
+            out += [f"{e['devices']} devices: no feasible layout, {e['why_none']}" for e in data["by_devices"]
+                    if e["why_none"]]
         if args.csv:
             out += ["", f"wrote {data['csv']['rows']:,} layouts to {args.csv}"]
         if args.emit:
@@ -648,21 +683,22 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             raise InputError("--errata prints a markdown page; it cannot be combined with --json")
         from .reproduce import seed003_errata  # the one seed with an errata page so far
 
-        print(seed003_errata.render_markdown(), end="")
+        _print(seed003_errata.render_markdown(), end="")
         return 0
     records = SEEDS[args.seed]()
     matched = sum(r["match"] for r in records)
     errata = sum(r["note"].startswith("erratum:") for r in records)
     truncated = sum(r["note"].startswith("truncated:") for r in records)
-    if args.json:
-        print(report.dumps(records))
-        return 0
-    rows = [(r["table"], r["row"], r["column"], r["published"], r["computed"], r["unit"], "yes" if r["match"] else "NO")
-            for r in records]
-    print(report.table(["table", "row", "column", "published", "computed", "unit", "match"], rows, digits=4,
-                       title=f"seed {args.seed}: {len(records)} printed figures, {matched} match, {errata} errata, "
-                             f"{truncated} printed truncated"))
-    return 0
+
+    def text() -> str:
+        rows = [(r["table"], r["row"], r["column"], r["published"], r["computed"], r["unit"],
+                 "yes" if r["match"] else "NO") for r in records]
+        return report.table(["table", "row", "column", "published", "computed", "unit", "match"], rows, digits=4,
+                            title=f"seed {args.seed}: {len(records)} printed figures, {matched} match, {errata} errata, "
+                                  f"{truncated} printed truncated")
+
+    # a seed's own figures may be signed changes (seed 002: "vs EP128 −32 %")
+    return _emit(args, records, text, signed=("published", "value", "computed"))
 
 
 # ---------------------------------------------------------------- book
@@ -739,7 +775,7 @@ def build_parser() -> argparse.ArgumentParser:
     profiles(p)
     p.add_argument("--tp", type=positive_int, required=True, help="attention tensor-parallel size")
     p.add_argument("--batch", type=positive_int, required=True,
-                   help="sequences per attention-DP rank (roofline; = per GPU at TP1) or per GPU (seed003)")
+                   help="sequences per attention-DP rank (TP GPUs; = per GPU at TP1), under every policy")
     p.add_argument("--kv-len", type=positive_int, required=True, help="KV-cache tokens per sequence")
     p.add_argument("--ep", type=positive_int,
                    help="expert-parallel size (roofline: default devices / moe-tp; seed003: memory only)")
@@ -756,11 +792,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-memory-gb", type=positive_float, help="memory cap per device, GB (default: the workload's)")
     p.add_argument("--top", type=positive_int, default=10, help="layouts to list (default 10)")
     p.add_argument("--policy", default="roofline", choices=["roofline", "seed002"], help="timing policy")
-    p.add_argument("--csv", metavar="PATH", help="write every evaluated layout and its reason to PATH")
-    p.add_argument("--batch", default="1-512", help="batch sizes: a range 1-512 or a list 6,8,10 (default 1-512)")
-    p.add_argument("--batch-per", choices=["rank", "device"],
-                   help="--batch counts sequences per attention-DP rank or per device (default: the policy's; "
-                        "rank for roofline, device for seed002)")
+    p.add_argument("--csv", metavar="PATH", type=_file_name, help="write every evaluated layout and its reason to PATH")
+    p.add_argument("--batch", default="1-512",
+                   help="sequences per attention-DP rank (TP devices; = per device at TP1): a range 1-512 or a list "
+                        "6,8,10 (default 1-512)")
+    p.add_argument("--batch-per", default="rank", choices=["rank", "device"],
+                   help="--batch counts sequences per attention-DP rank (default, under every policy) or per "
+                        "device (seed 002's 'Batch')")
+    p.add_argument("--mtp-accept", type=_at_least_one,
+                   help="MTP: accepted tokens per step, 1 to 2 (default 1 = no MTP)")
+    p.add_argument("--redundant-experts", type=_non_negative_int,
+                   help="extra expert copies for load balancing; EP must divide E + r (roofline; default 0)")
     p.add_argument("--tp", type=positive_int_list, help="only these attention TP sizes")
     p.add_argument("--moe-tp", type=positive_int_list, help="only these MoE TP sizes")
     p.add_argument("--tbo", default="both", choices=["both", "on", "off"], help="two-batch overlap (default: both)")
@@ -797,17 +839,71 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+class _StdoutError(Exception):
+    """stdout could not take the output (a closed pipe, a full disk, a closed descriptor)."""
+
+
+def _print(text: str, end: str = "\n") -> None:
+    """Every command's output goes through here, so a failing stdout is one error."""
+    if sys.stdout is None:  # started with stdout closed (`moecalc ... >&-`)
+        raise _StdoutError("stdout is closed")
     try:
+        sys.stdout.write(text + end)
+    except OSError as exc:
+        raise _StdoutError(exc.strerror or str(exc)) from None
+
+
+def _silence_stdout() -> None:
+    """Point fd 1 at /dev/null, so that the interpreter's last flush of what is left in
+    stdout's buffer cannot fail a second time (and print a traceback)."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)
+    except OSError:
+        pass
+
+
+def _error(message: str) -> None:
+    print(f"moecalc: error: {checks.escape(message)}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    # numpy's overflow and division warnings: every result is checked for finiteness where
+    # it is emitted (_emit), which names the field; the warning would only add noise
+    warnings.filterwarnings("ignore", category=RuntimeWarning,
+                            message=r"(overflow|invalid value|divide by zero|underflow) encountered")
+    try:
+        if sys.stdout is None:
+            raise _StdoutError("stdout is closed")
         args = build_parser().parse_args(argv)
-        return args.run(args)
+        status = args.run(args)
+        try:
+            sys.stdout.flush()
+        except OSError as exc:
+            raise _StdoutError(exc.strerror or str(exc)) from None
+        return status
     except InputError as exc:
-        print(f"moecalc: error: {exc}", file=sys.stderr)
+        _error(str(exc))
         return 2
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
-        return 0
+    except _StdoutError as exc:
+        _silence_stdout()
+        _error(f"cannot write the output to stdout: {exc}")
+        return 1
+    except MemoryError:
+        _error("out of memory (this machine has 24 GiB); ask for a smaller computation")
+        return 1
+    except OSError as exc:  # a file or stream error no command turned into an InputError
+        _silence_stdout()
+        where = f"{exc.filename}: " if exc.filename else ""
+        _error(f"{where}{exc.strerror or exc}")
+        return 1
 
 
 if __name__ == "__main__":

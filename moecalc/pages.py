@@ -18,6 +18,7 @@ and nbval can compare the text.
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import inspect
 import io
@@ -97,6 +98,7 @@ class Page:
     def __init__(self, chapter: str, profile: str | None = None):
         self.prefix = f"{profile}-{chapter}" if profile else chapter
         self._labels: set[str] = set()
+        self._held: list[str] | None = None  # markdown held for a dropdown (see `dropdown`)
 
     # ------------------------------------------------------------ labels
 
@@ -113,6 +115,9 @@ class Page:
 
     def md(self, text: str) -> None:
         """Show MyST markdown (dedented), e.g. a sentence with a computed number."""
+        if self._held is not None:
+            self._held.append(textwrap.dedent(text).strip())
+            return
         _display({"text/markdown": textwrap.dedent(text).strip() + "\n", "text/plain": textwrap.dedent(text).strip()})
 
     def glue(self, key: str, text: str) -> None:
@@ -120,6 +125,60 @@ class Page:
         nothing here."""
         _display({GLUE_PREFIX + "text/markdown": text, GLUE_PREFIX + "text/plain": text},
                  {"scrapbook": {"name": key, "mime_prefix": GLUE_PREFIX}})
+
+    def key_results(self, items: Sequence[tuple[str, str, str]], key: str = "key-results", note: str = "") -> None:
+        """The figures a page exists for, shown in the box at its top.
+
+        Each item is ``(figure, conditions, label)``: the figure in bold (e.g. "524 tokens/s per
+        GPU"), the layout and workload it holds for (and its band, where one is known), and the
+        label of the table or figure on this page that derives it. Stored as glue `key`, which
+        the page's first markdown cell pastes inside its ``Key results`` admonition with a
+        ``{glue:md}`` directive (``:format: myst``), so the box sits above the cells that compute
+        it."""
+        lines = [f"* **{figure}**: {conditions}; derived in {{numref}}`{label}`."
+                 for figure, conditions, label in items]
+        self.glue(key, "\n".join(lines) + (f"\n\n*{note}*" if note else "") + "\n")
+
+    def workload(self, wl: Any, kv_len: float | None = None, *, kv_how: str | None = None, hit_rate: float | None = None,
+                 mtp_accept: float = 1.0, routing: str = "balanced (every expert equally loaded)",
+                 extra: Sequence[str] = ()) -> None:
+        """A box naming the workload a page assumes: prompt (ISL) and output (OSL) lengths,
+        the KV length a decode step reads and how it is derived, the prefix-cache hit rate,
+        MTP and the routing balance."""
+        kv = wl.avg_kv_len if kv_len is None else kv_len
+        if kv_how is None:
+            kv_how = (f"the workload's average over a sequence's decode, about prompt + output / 2 = "
+                      f"{wl.prompt_len:,} + {wl.output_len / 2:,.0f}" if kv == wl.avg_kv_len else "set on this page")
+        hit = wl.kv_cache_hit_rate if hit_rate is None else hit_rate
+        rows = [
+            ("ISL (prompt tokens)", f"{wl.prompt_len:,}"),
+            ("OSL (output tokens)", f"{wl.output_len:,}"),
+            ("KV length per decode step", f"{kv:,.0f} tokens: {kv_how}"),
+            ("prefix-cache hit rate", f"{hit:.1%}"),
+            ("MTP", "none (1 token per step)" if mtp_accept == 1 else f"{mtp_accept:g} accepted tokens per step"),
+            ("routing", routing),
+            ("dtypes", f"{wl.weight_dtype.upper()} weights, {wl.kv_dtype.upper()} KV cache, "
+                       f"{wl.activation_dtype.upper()} activations"),
+        ]
+        if wl.min_tokens_per_user:
+            rows.append(("decode SLO", f"≥ {wl.min_tokens_per_user:g} tokens/s per user"))
+        rows += [tuple(e.split(": ", 1)) for e in extra]
+        body = "\n".join(f"* {k}: {v}" for k, v in rows)
+        self.md(f":::{{admonition}} Workload: {_escape(wl.name)} ({wl.key}.yaml)\n:class: note\n\n{body}\n:::")
+
+    @contextlib.contextmanager
+    def dropdown(self, title: str):
+        """Everything shown inside the ``with`` block (tables, figures, text) goes into one
+        collapsed ``{dropdown}`` titled `title`: material beside the results (a seed's model),
+        out of the reader's way until opened."""
+        if self._held is not None:
+            raise ValueError("dropdowns do not nest")
+        self._held = []
+        try:
+            yield self
+        finally:
+            held, self._held = self._held, None
+            self.md(f"::::{{dropdown}} {_escape(title)}\n\n" + "\n\n".join(held) + "\n::::")
 
     def source(self, *objects: Callable[..., Any] | type) -> None:
         """Show the source of moecalc functions or classes: the formula, where it lives."""
@@ -166,8 +225,10 @@ class Page:
         if os.environ.get(WRITE_ENV) == "1":
             self._write_csv(Path(csv_name), header, rows)
         body = "\n".join(lines)
+        # A colon fence, not backticks: a caption may hold a role (`{numref}`...), and CommonMark ends a
+        # backtick fence's info string at the first backtick, which left the directive as raw text.
         self.md(
-            f"```{{table}} {_escape(caption)}\n:name: {label}\n:align: center\n\n{body}\n```\n\n"
+            f":::{{table}} {_escape(caption)}\n:name: {label}\n:align: center\n\n{body}\n:::\n\n"
             f"<span class=\"csv-link\">Table data: {{download}}`{label}.csv <{csv_name}>`</span>"
         )
 
@@ -211,6 +272,75 @@ class Page:
             {"scrapbook": {"name": label, "mime_prefix": GLUE_PREFIX}},
         )
         self.md(f"```{{glue:figure}} {label}\n:name: {label}\n:figwidth: 100%\n\n{caption}\n```")
+        digest = figure_digest(fig)
+        _display({"text/markdown": f"```text\n{digest}\n```\n", "text/plain": digest})
+
+
+DIGEST_LINES = 40  # series listed under a figure, at most
+
+
+def _quantiles(values) -> str:
+    import numpy as np
+
+    try:
+        a = np.asarray(values, dtype=float).ravel()
+    except (TypeError, ValueError):  # categorical (text) positions
+        return f"{len(values)} categories"
+    a = a[np.isfinite(a)]
+    if a.size == 0:
+        return "no finite values"
+    q = np.quantile(a, [0.0, 0.25, 0.5, 0.75, 1.0])
+    return " / ".join(format(float(v), ".4g") for v in q)
+
+
+def figure_digest(fig: Any) -> str:
+    """A few text lines with the data each series of `fig` plots: its points and the
+    min / quartiles / max of y (x: its range), in fixed formatting. Printed under every
+    figure, so that a changed curve changes a text output nbval compares (it skips images)."""
+    lines = []
+    for n, ax in enumerate(fig.axes):
+        where = (ax.get_title() or ax.get_ylabel() or f"axes {n + 1}").splitlines()[0][:48]
+        series = []
+        for i, line in enumerate(ax.get_lines()):
+            name = line.get_label() if not line.get_label().startswith("_") else f"line {i + 1}"
+            series.append((name, line.get_xdata(), line.get_ydata()))
+        for i, coll in enumerate(ax.collections):
+            offsets = coll.get_offsets() if hasattr(coll, "get_offsets") else []
+            if type(coll).__name__ == "PathCollection" and len(offsets):
+                name = coll.get_label() if not coll.get_label().startswith("_") else f"points {i + 1}"
+                series.append((name, [o[0] for o in offsets], [o[1] for o in offsets]))
+        for i, bars in enumerate(getattr(ax, "containers", [])):
+            patches = getattr(bars, "patches", None)
+            if patches:
+                name = bars.get_label() if not str(bars.get_label()).startswith("_") else f"bars {i + 1}"
+                horizontal = getattr(bars, "orientation", "vertical") == "horizontal"
+                series.append((name, [p.get_y() if horizontal else p.get_x() for p in patches],
+                               [p.get_width() if horizontal else p.get_height() for p in patches]))
+        for name, x, y in series:
+            xs, ys = _quantiles(x).split(" / "), _quantiles(y).split(" / ")
+            if len(y) == 1 and len(xs) == len(ys) == 5:
+                lines.append(f"{where} | {name}: 1 point ({xs[0]}, {ys[0]})")
+                continue
+            x_range = f"{xs[0]}…{xs[-1]}" if len(xs) == 5 else xs[0]  # or "n categories"
+            lines.append(f"{where} | {name}: {len(y)} points, x {x_range}, y min/q1/median/q3/max {' / '.join(ys)}")
+    if len(lines) > DIGEST_LINES:
+        lines = lines[:DIGEST_LINES] + [f"… and {len(lines) - DIGEST_LINES} more series"]
+    return "\n".join(lines) or "(no data series)"
+
+
+def efficiency_note(hw: Any) -> str:
+    """How sure the roofline is on `hw`: how many of its profile's efficiencies are measured on
+    another GPU (sources marked TRANSFERRED) or assumed (ASSUMPTION), for a key-results box."""
+    sources = [str(e.get("source", "")) for e in hw.efficiency.values() if isinstance(e, dict)]
+    moved = sum(s.startswith("TRANSFERRED") for s in sources)
+    assumed = sum(s.startswith("ASSUMPTION") for s in sources)
+    if not moved and not assumed:
+        return f"No efficiency in {hw.name}'s profile is marked transferred from another GPU or assumed."
+    parts = [f"{moved} transferred from another GPU's measurement" if moved else "",
+             f"{assumed} assumed without a measurement" if assumed else ""]
+    return (f"Of {len(sources)} efficiencies in {hw.name}'s profile, {' and '.join(p for p in parts if p)}: "
+            "these figures carry that uncertainty (the chapter \"Validation\" measures the error where published "
+            "systems exist).")
 
 
 def fmt_si(value: float, unit: str, digits: int = 3) -> str:

@@ -13,12 +13,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from .checks import MAX_COUNT, escape
 from .errors import InputError
-from .units import DTYPE_BYTES, GB, GB_PER_S, PEAK_DTYPE, MiB, TFLOPS
+from .units import DTYPE_BYTES, GB, GB_PER_S, PEAK_DTYPE, MiB, TFLOPS, US
 
 PARAMS_DIR = Path(os.environ.get("MOECALC_PARAMS", Path(__file__).resolve().parent.parent / "params"))
 KINDS = ("hardware", "model", "workload", "policy", "framework")
 TINY = 1e-12  # smallest non-zero number a profile may give, in its own unit
+# Largest value a profile number may have once in SI units (FLOP/s, byte, byte/s, s). Any
+# accelerator quantity is far below it (10^12 × today's peak FLOP/s); it keeps the products
+# of a few such values, and their sums over layers and kernels, far from float overflow.
+HUGE_SI = 1e30
 # Every YAML file read_yaml has parsed in this process, resolved. The book driver reads it at
 # the end of each page, so that a page's hash covers the profiles it used and no others.
 FILES_READ: set[Path] = set()
@@ -45,6 +50,7 @@ class Spec:
     children: Mapping[str, "Spec"] | None = None
     any_keys: Callable[[str], bool] | None = None
     default: Any = None
+    si: float = 1.0  # for a value kept in its own unit (µs): its factor to SI, for the range check only
 
 
 def _fail(path: Path, name: str, message: str) -> InputError:
@@ -64,15 +70,16 @@ def _check(value: Any, spec: Spec, path: Path, name: str) -> Any:
             raise _fail(path, name, f"must be ≤ {spec.upper:g}, got {value!r}")
         if 0 < value < TINY:  # zero in effect: dividing by it overflows to inf
             raise _fail(path, name, f"must be {'0 or ' if spec.zero_ok else ''}≥ {TINY:g}, got {value!r}")
-        if not math.isfinite(float(value) * spec.unit):
-            raise _fail(path, name, f"is too large, got {value!r}")
+        si = float(value) * spec.unit * spec.si
+        if not math.isfinite(si) or si > HUGE_SI:  # checked after conversion: what the model uses
+            raise _fail(path, name, f"is too large, got {value!r} ({si:.3g} in SI units, at most {HUGE_SI:g})")
         return float(value) * spec.unit
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise _fail(path, name, f"must be an integer, got {value!r}")
         if value < 0 or (value == 0 and not spec.zero_ok):
             raise _fail(path, name, f"must be {'≥ 0' if spec.zero_ok else '> 0'}, got {value!r}")
-        if value > 2**53:  # floats hold integers exactly only up to here
+        if value > MAX_COUNT:  # floats hold integers exactly only up to here
             raise _fail(path, name, f"is too large, got {value!r}")
         return value
     if kind == "str":
@@ -126,9 +133,47 @@ def _check_mapping(data: Mapping[str, Any], spec: Spec, path: Path, prefix: str 
     return out
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: str, first: int, line: int):
+        super().__init__(key)
+        self.key, self.first, self.line = key, first, line
+
+
+def _unique_key_loader():
+    """yaml's SafeLoader, refusing a mapping that gives one key twice (PyYAML would keep the
+    last value silently, and a later error would blame something else)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise _DuplicateKey(escape(str(key)), seen[key], line)
+                    seen[key] = line
+                except TypeError:  # an unhashable key: SafeLoader reports it
+                    continue
+            return super().construct_mapping(node, deep)
+
+    return Loader
+
+
+class _LazyLoader:
+    loader = None
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """Parse one YAML file into a mapping, or raise a one-line InputError."""
     import yaml  # imported here: only loading needs it
+
+    if _LazyLoader.loader is None:
+        _LazyLoader.loader = _unique_key_loader()
+    _UniqueKeyLoader = _LazyLoader.loader
 
     try:
         text = path.read_text(encoding="utf-8")
@@ -137,7 +182,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as exc:  # a binary or mis-encoded file
         raise InputError(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except _DuplicateKey as exc:
+        raise InputError(f"{path}: field '{exc.key}': given twice (line {exc.first} and line {exc.line})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -159,15 +206,19 @@ def resolve(kind: str, name_or_path: str | os.PathLike[str]) -> Path:
     if not text:
         raise InputError(f"missing {kind} profile name")
     candidate = Path(text)
-    if candidate.suffix in (".yaml", ".yml") or os.sep in text or "/" in text:
-        if not candidate.is_file():
-            raise InputError(f"{kind} profile file not found: {text}")
-        return candidate
-    path = PARAMS_DIR / kind / f"{text}.yaml"
-    if not path.is_file():
-        known = ", ".join(available(kind)) or "none"
-        raise InputError(f"unknown {kind} profile {text!r} (known: {known})")
-    return path
+    as_path = candidate.suffix in (".yaml", ".yml") or os.sep in text or "/" in text
+    path = candidate if as_path else PARAMS_DIR / kind / f"{text}.yaml"
+    try:
+        found = path.is_file()
+    except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL byte
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise InputError(f"{kind} profile {escape(text[:80])}{'…' if len(text) > 80 else ''}: {reason}") from None
+    if found:
+        return path
+    if as_path:
+        raise InputError(f"{kind} profile file not found: {escape(text)}")
+    known = ", ".join(available(kind)) or "none"
+    raise InputError(f"unknown {kind} profile {escape(repr(text))} (known: {known})")
 
 
 def available(kind: str) -> list[str]:
@@ -221,7 +272,7 @@ EFFICIENCY_OPTIONAL = {
 }
 _EFFICIENCY_ENTRY = {
     "fraction": Spec("map", children={"value": Spec("fraction", upper=1), "source": Spec("str")}),
-    "latency": Spec("map", children={"value": Spec("number", zero_ok=True), "source": Spec("str")}),
+    "latency": Spec("map", children={"value": Spec("number", zero_ok=True, si=US), "source": Spec("str")}),
     "count": Spec("map", children={"value": Spec("int", zero_ok=True), "source": Spec("str")}),
 }
 EFFICIENCY_SPEC = Spec(

@@ -17,7 +17,9 @@ def jsonable(obj: Any) -> Any:
     if hasattr(obj, "tolist"):  # numpy array or scalar
         return jsonable(obj.tolist())
     if isinstance(obj, float) and not math.isfinite(obj):
-        raise ValueError(f"refusing to print a non-finite number ({obj})")
+        from .errors import InputError
+
+        raise InputError(f"refusing to print a non-finite number ({obj})")
     return obj
 
 

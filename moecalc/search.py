@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from .checks import atomic_write, escape, parse_count
 from .errors import InputError
 from .frameworks import Framework, load_framework
 from .policies import roofline
@@ -59,22 +60,40 @@ def divisors(n: int) -> list[int]:
     return sorted(set(small + [n // d for d in small]))
 
 
+# The most layouts (layouts × batches × schedules, over every device count and batch range)
+# one search may evaluate. The roofline keeps a few dozen float64 arrays of the search's
+# shape alive at once, about 200 bytes per layout at its peak (measured: 2.6 GB for 1.3e7
+# layouts); this machine has 24 GiB and 2 cores shared by several jobs, so a search may take
+# at most about 4 GB and some 20 s.
+MAX_LAYOUTS = 20_000_000
+MACHINE = "this machine: 24 GiB of memory, 2 cores"
+
+
+def check_size(n: int, what: str = "search") -> None:
+    """Refuse a computation of `n` layouts before anything of that size is allocated."""
+    if n > MAX_LAYOUTS:
+        raise InputError(f"{what} of {n:,} layouts is too large: at most {MAX_LAYOUTS:,} fit in the memory and "
+                         f"time one run may take on {MACHINE}; narrow --batch, --devices, --tp or --moe-tp")
+
+
 def parse_batches(text: str) -> np.ndarray:
-    """"1-512" (a range), "6,8,10" (a list) or "10" → sorted unique positive integers."""
-    values: set[int] = set()
+    """"1-512" (a range), "6,8,10" (a list) or "10" → sorted unique positive integers.
+    Numbers are ASCII digits, each at most checks.MAX_COUNT; all ranges together are
+    refused if they hold more batch sizes than a search may evaluate layouts."""
+    bounds = []
     for part in text.split(","):
         lo, sep, hi = part.strip().partition("-")
         try:
-            a = int(lo)
-            b = int(hi) if sep else a
-        except ValueError:
-            raise InputError(f"--batch: expected a range like 1-512 or a list like 6,8,10, got {text!r}") from None
-        if a < 1 or b < a:
-            raise InputError(f"--batch: {part.strip()!r} is not a range of positive batch sizes")
-        if b - a > 1_000_000:
-            raise InputError(f"--batch: {part.strip()!r} spans more than a million batch sizes")
-        values.update(range(a, b + 1))
-    return np.array(sorted(values), dtype=np.int64)
+            a = parse_count(lo.strip(), "--batch")
+            b = parse_count(hi.strip(), "--batch") if sep else a
+        except InputError as exc:
+            raise InputError(f"{exc} (expected a range like 1-512 or a list like 6,8,10, got "
+                             f"{escape(repr(text))[:60]})") from None
+        if b < a:
+            raise InputError(f"--batch: {escape(part.strip())!r} is not a range of positive batch sizes")
+        bounds.append((a, b))
+    check_size(sum(b - a + 1 for a, b in bounds), "a search over --batch")  # each batch is ≥ 1 layout
+    return np.unique(np.concatenate([np.arange(a, b + 1, dtype=np.int64) for a, b in bounds]))
 
 
 # ---------------------------------------------------------------- the space
@@ -108,9 +127,12 @@ def build_space(
     moe_tp: Sequence[int] | None = None,
     tbo: Sequence[bool] = (False, True),
     batch_per: str = "rank",
+    redundant_experts: int = 0,
 ) -> Space:
     """Every divisor pair (tp, dp) × (moe_tp, ep) of each device count, optionally only the
-    given tp and moe_tp values. One error if a count has no layout the model can split."""
+    given tp and moe_tp values. EP must divide the routed experts plus `redundant_experts`
+    copies. A count with no layout the model can split stays in the space, every layout of it
+    rejected as indivisible (``Result.why_none`` says why); one error only if no count has one."""
     devices = list(dict.fromkeys(int(d) for d in devices))
     if not devices:
         raise InputError("no device count given")
@@ -130,6 +152,7 @@ def build_space(
         raise InputError(f"no layout of {m.name} fits {too_many[0]:,} devices: EP can be at most its "
                          f"{m.n_routed_experts} routed experts and MoE-TP at most its expert width "
                          f"{m.moe_intermediate_size}, so at most {most:,} devices")
+    check_size(len(devices) * batch.size * len(tbo))  # a floor on the size, before the divisor loop
     rows: list[tuple[int, int, int, int, int]] = []
     for n in devices:  # a loop over device counts and their divisors, not over layouts
         tps = [d for d in divisors(n) if tp is None or d in tp]
@@ -137,19 +160,20 @@ def build_space(
         rows += [(n, a, n // a, b, n // b) for a in tps for b in mtps]
     arr = np.array(rows, dtype=np.int64).reshape(-1, 5)
     d, t, p, mt, e = arr.T
+    slots = m.n_routed_experts + int(redundant_experts)  # routed expert copies EP spreads
     indivisible = (
         (m.num_attention_heads % t != 0)
-        | (e > m.n_routed_experts)
-        | (m.n_routed_experts % e != 0)
+        | (e > slots)
+        | (slots % e != 0)
         | (m.moe_intermediate_size % mt != 0)
     )
-    for n in devices:
-        if not np.any((d == n) & ~indivisible):
-            only = "" if tp is None and moe_tp is None else " with the tp / moe-tp values given"
-            raise InputError(
-                f"no layout of {m.name} fits {n} devices{only}: TP must divide its {m.num_attention_heads} heads, "
-                f"EP its {m.n_routed_experts} routed experts and MoE-TP its expert width {m.moe_intermediate_size}"
-            )
+    if indivisible.all():
+        only = "" if tp is None and moe_tp is None else " with the tp / moe-tp values given"
+        n = devices[0] if len(devices) == 1 else ", ".join(map(str, devices))
+        raise InputError(
+            f"no layout of {m.name} fits {n} devices{only}: TP must divide its {m.num_attention_heads} heads, "
+            f"EP its {slots} routed expert copies and MoE-TP its expert width {m.moe_intermediate_size}"
+        )
     return Space(d, t, p, mt, e, indivisible, batch, batch_per, tbo)
 
 
@@ -272,6 +296,21 @@ class Result:
         out.update({name: float(self.metrics[name][t, u, b]) for name in METRICS})
         return out
 
+    def why_none(self, devices: int) -> str:
+        """Why no layout on `devices` is feasible: the furthest any got (an SLO miss says by
+        how much, a memory miss by how much the smallest layout overflows)."""
+        rows, valid = self._rows(devices)
+        if not valid.any():
+            return f"indivisible: no TP × DP, MoE-TP × EP split of {devices} devices divides the model"
+        reason = self.reason[:, valid, :]
+        if np.any(reason == BELOW_SLO):
+            user = self.metrics["tokens_per_s_per_user"][:, valid, :][reason == BELOW_SLO].max()
+            return (f"below the SLO: the fastest layout that fits gives {user:.1f} tokens/s per user, "
+                    f"under {self.min_tokens_per_user:g}")
+        least = self.metrics["memory_gb"][:, valid, :].min()
+        return (f"out of memory: even the leanest layout needs {least:.1f} GB per device, over the "
+                f"{self.memory_limit / GB:.1f} GB limit")
+
     def summary(self, top: int = 10) -> dict[str, Any]:
         ranked = self.ranked(top)
         out: dict[str, Any] = {
@@ -293,7 +332,8 @@ class Result:
             for n in out["devices"]:  # one entry per device count
                 best = self.ranked(1, devices=n)
                 by.append({"devices": n, "evaluated": self.count(n), "rejected": self.rejected(n),
-                           "best": self.layout(*best[0]) if best else None})
+                           "best": self.layout(*best[0]) if best else None,
+                           "why_none": None if best else self.why_none(n)})
             out["by_devices"] = by
         return out
 
@@ -304,12 +344,9 @@ class Result:
         s = self.space
         head = ["devices", "tp", "dp", "moe_tp", "ep", "batch", "batch_per_device", "tbo", *METRICS, "reason"]
         label = np.array(["feasible", *REASONS], dtype=object)
-        try:
-            f = open(path, "w", newline="", encoding="utf-8")
-        except OSError as exc:
-            raise InputError(f"--csv: cannot write {path}: {exc.strerror or exc}") from None
-        n = 0
-        with f:
+
+        def write(f) -> int:
+            n = 0
             w = csv.writer(f)
             w.writerow(head)
             pos = np.full(len(s.tp), -1)
@@ -329,7 +366,9 @@ class Result:
                             why = label[self.reason[t, u, b]]
                         w.writerow([*fixed, batch, f"{batch / fixed[1]:g}", tbo, *values, why])
                         n += 1
-        return n
+            return n
+
+        return atomic_write(path, write, "--csv")  # whole or not at all: no truncated file left behind
 
 
 def search(
@@ -346,6 +385,8 @@ def search(
     tbo: Sequence[bool] = (False, True),
     batch_per: str | None = None,
     kv_len: int | None = None,
+    redundant_experts: int = 0,
+    mtp_accept: float = 1.0,
     decode: Callable[..., roofline.DecodeStep] | None = None,
     framework: "Framework | str | None" = None,
 ) -> Result:
@@ -357,12 +398,21 @@ def search(
     default SGLang). `kv_len` defaults to the workload's average KV length. `decode`
     replaces the named policy's function (same signature), e.g. seed002.decode under another
     reading of the seed. Batches a framework that requires CUDA graphs cannot capture are
-    refused as beyond its graphs."""
+    refused as beyond its graphs. `redundant_experts` (EPLB copies) and `mtp_accept` (MTP's
+    accepted tokens per step) are passed to the policy."""
     decode = decode or policies().get(policy)
     if decode is None:
         raise InputError(f"unknown policy {policy!r} (known: {', '.join(policies())})")
     batch_per = default_batch_per(policy) if batch_per is None else batch_per
-    space = build_space(m, devices, batches, tp, moe_tp, tbo, batch_per)
+    if redundant_experts < 0:
+        raise InputError(f"redundant experts must be ≥ 0, got {redundant_experts}")
+    options: dict[str, Any] = {"mtp_accept": float(mtp_accept)} if mtp_accept != 1.0 else {}
+    if redundant_experts:
+        if policy != "roofline":
+            raise InputError(f"policy {policy} has no redundant experts; use the roofline policy")
+        options["redundant_experts"] = int(redundant_experts)
+    space = build_space(m, devices, batches, tp, moe_tp, tbo, batch_per, redundant_experts)
+    check_size(space.size)  # before the policy allocates arrays of that size
     slo = wl.min_tokens_per_user if min_tokens_per_user is None else float(min_tokens_per_user)
     cap = wl.max_memory_bytes if max_memory_gb is None else float(max_memory_gb) * GB
     kv = wl.avg_kv_len if kv_len is None else int(kv_len)
@@ -382,9 +432,9 @@ def search(
         graph_ok = None
     if policy == "roofline":
         layout = replace(layout, batch=batch)
-        step = decode(m, hw, wl, layout, kv, framework=fw)  # the one evaluation: serial and TBO times
+        step = decode(m, hw, wl, layout, kv, framework=fw, **options)  # the one evaluation: serial and TBO times
     else:
-        step = decode(m, hw, wl, layout, kv)
+        step = decode(m, hw, wl, layout, kv, **options)
     capacity = np.asarray(step.memory_usable, dtype=float)  # what the framework lets weights and KV use
     limit = capacity if cap is None else np.minimum(cap, capacity)
     shape = (len(valid), len(space.batch))
@@ -418,7 +468,8 @@ BAND_METRICS = ("tokens_per_s_per_user", "tokens_per_s_per_device", "total_token
 
 
 def add_bands(rows: list[dict[str, Any]], m: Model, hw: Hardware, wl: Workload, kv_len: int,
-              policy: str = "roofline", framework: "Framework | str | None" = None) -> list[dict[str, Any]]:
+              policy: str = "roofline", framework: "Framework | str | None" = None, redundant_experts: int = 0,
+              mtp_accept: float = 1.0) -> list[dict[str, Any]]:
     """Each listed layout (a :meth:`Result.layout` dict) with ``band_low`` and ``band_high`` of
     its times and throughputs (:mod:`moecalc.bands`): the listed layouts as arrays, the policy
     called once per end of the spread. Rows are changed in place and returned."""
@@ -431,7 +482,8 @@ def add_bands(rows: list[dict[str, Any]], m: Model, hw: Hardware, wl: Workload, 
     tbo = np.array([r["tbo"] for r in rows], dtype=bool)
 
     def figures(h: Hardware):
-        step = roofline.decode(m, h, wl, layout, kv_len, framework=load_framework(framework))
+        step = roofline.decode(m, h, wl, layout, kv_len, mtp_accept, framework=load_framework(framework),
+                               redundant_experts=redundant_experts)
         step = replace(step, step_time=np.where(tbo, step.step_time_tbo, step.step_time_no_overlap))
         per_device = roofline.tokens_per_s_per_device(step, layout)
         return np.stack([step.tokens_per_s_per_user * np.ones(len(rows)), per_device, per_device * col("devices"),
@@ -442,3 +494,22 @@ def add_bands(rows: list[dict[str, Any]], m: Model, hw: Hardware, wl: Workload, 
         r["band_low"] = {k: float(low[j, i]) for j, k in enumerate(BAND_METRICS)}
         r["band_high"] = {k: float(high[j, i]) for j, k in enumerate(BAND_METRICS)}
     return rows
+
+
+def replicas(result: Result, target_tokens_per_s: float) -> list[dict[str, Any]]:
+    """For each device count of `result`: its best feasible layout and how many copies of it
+    serve `target_tokens_per_s` (whole instances: ceil(target / one instance's tokens/s)),
+    hence how many devices in all; fewest devices first (ties: fewer instances). A count
+    without a feasible layout is left out."""
+    if not target_tokens_per_s > 0:
+        raise InputError(f"target tokens/s must be positive, got {target_tokens_per_s}")
+    out = []
+    for n in dict.fromkeys(result.space.devices.tolist()):
+        best = result.ranked(1, devices=n)
+        if not best:
+            continue
+        lay = result.layout(*best[0])
+        copies = int(np.ceil(target_tokens_per_s / lay["total_tokens_per_s"]))
+        out.append({"devices": int(n), "instances": copies, "total_devices": copies * int(n),
+                    "tokens_per_s": copies * lay["total_tokens_per_s"], "best": lay})
+    return sorted(out, key=lambda e: (e["total_devices"], e["instances"]))

@@ -126,7 +126,8 @@ def test_toc_has_one_part_per_profile_and_existing_children_only(fake):
     assert toc["format"] == "jb-book" and toc["root"] == "intro"
     assert [p["caption"] for p in toc["parts"]] == [
         "The model", "B200 (b200.yaml)", "H800 SXM5 (h800.yaml)", "SG2260E (sg.yaml)", "Seeds"]
-    assert toc["parts"][2]["chapters"] == [{"file": "executed/h800/prefill"}, {"file": "executed/h800/decode"}]
+    # one entry per GPU, its other pages beneath (collapsed in the sidebar unless being read)
+    assert toc["parts"][2]["chapters"] == [{"file": "executed/h800/prefill", "sections": [{"file": "executed/h800/decode"}]}]
     assert toc["parts"][3]["chapters"] == [{"file": "executed/sg/decode"}]
     assert toc["parts"][4]["chapters"] == [{"file": "executed/common/seed", "sections": [{"file": "errata"}]}]
     assert book.toc_yaml(toc).startswith("# Generated")
@@ -282,7 +283,7 @@ def test_clean_notebook_strips_volatile_metadata_and_sets_stable_ids():
     for volatile in ("papermill", "\"execution\"", "jupytext", "version", "duration", "2026-01-01", "random-uuid"):
         assert volatile not in text, volatile
     assert [c["id"] for c in nb["cells"]] == ["decode-000", "decode-001"]
-    assert nb["cells"][1]["metadata"] == {"tags": ["parameters"]}
+    assert nb["cells"][1]["metadata"] == {"tags": ["parameters", "hide-input"]}  # collapsed on the page
     assert nb["metadata"]["language_info"] == {"name": "python"}
     assert nb["metadata"]["moecalc"] == {"chapter": "decode", "profile": "h800", "parameters": {"hardware": "h800"},
                                          "inputs": "digest", "reads": [], "tables": ["tables/h800-decode-t.csv"]}
@@ -354,14 +355,47 @@ def test_figure_png_is_deterministic(monkeypatch):
         ax.plot([1, 2, 3], [3, 1, 2], label="x")
         ax.legend()
         page.figure("f", "Caption.", fig)
-        bundle, meta = shown[-2]
+        bundle, meta = shown[-3]
         assert meta["scrapbook"]["name"] == f"p{i}-decode-f"
         pngs.append(bundle[pages.GLUE_PREFIX + "image/png"])
-        assert "{glue:figure} " + f"p{i}-decode-f" in shown[-1][0]["text/markdown"]
+        assert "{glue:figure} " + f"p{i}-decode-f" in shown[-2][0]["text/markdown"]
+        # the data behind it, as text nbval compares: y 3, 1, 2 → quartiles by hand
+        assert shown[-1][0]["text/plain"] == "axes 1 | x: 3 points, x 1…3, y min/q1/median/q3/max 1 / 1.5 / 2 / 2.5 / 3"
     assert pngs[0] == pngs[1]
     import base64
 
     assert b"Matplotlib" not in base64.b64decode(pngs[0])  # no version stamp
+
+
+def test_figure_digest_names_every_series():
+    page = pages.Page("decode", "q")
+    fig, (a, b) = page.subplots(ncols=2)
+    a.set_title("left\nsecond line")
+    a.plot([0, 10], [5, 7])
+    a.scatter([1, 2], [3, 4], label="dots")
+    b.bar(["one", "two"], [2.0, 4.0], label="bars")
+    b.set_ylabel("GB")
+    assert pages.figure_digest(fig).splitlines() == [
+        "left | line 1: 2 points, x 0…10, y min/q1/median/q3/max 5 / 5.5 / 6 / 6.5 / 7",
+        "left | dots: 2 points, x 1…2, y min/q1/median/q3/max 3 / 3.25 / 3.5 / 3.75 / 4",
+        "GB | bars: 2 points, x -0.4…0.6, y min/q1/median/q3/max 2 / 2.5 / 3 / 3.5 / 4",
+    ]
+
+
+def test_provenance_line_has_hashes_and_no_date(tmp_path):
+    (tmp_path / "book").mkdir()
+    src = tmp_path / "book" / "page.md"
+    src.write_bytes(b"# page\n")
+    (tmp_path / "params").mkdir()
+    (tmp_path / "params" / "a.yaml").write_bytes(b"x: 1\n")
+    line = book.provenance(src, ["params/a.yaml"], tmp_path)
+    import hashlib
+
+    assert f"page source `book/page.md` sha256:{hashlib.sha256(b'# page' + bytes([10])).hexdigest()[:12]}" in line
+    assert f"`params/a.yaml` sha256:{hashlib.sha256(b'x: 1' + bytes([10])).hexdigest()[:12]}" in line
+    assert "moecalc 0.1.0" in line and "20" not in line.split("moecalc 0.1.0")[0]
+    nb = book.clean_notebook({"cells": [], "metadata": {}}, "page", "common", {}, "d", ["params/a.yaml"], line)
+    assert nb["cells"][-1]["cell_type"] == "markdown" and nb["cells"][-1]["source"] == line
 
 
 def test_like_prints_at_the_published_precision():
@@ -518,3 +552,49 @@ def test_read_yaml_records_every_file_it_parses(tmp_path):
     profiles.read_yaml(path)
     assert path.resolve() in profiles.FILES_READ
     assert (tmp_path / "never.yaml").resolve() not in profiles.FILES_READ
+
+
+def test_every_executed_page_ends_with_its_provenance_line():
+    """Citable pages: the last cell of every committed page names the moecalc version and the
+    content hashes of its source and of the params files it read (regenerate with
+    `moecalc book` after a change to the line's format)."""
+    executed = sorted((book.BOOK_DIR / book.EXECUTED).glob("*/*.ipynb"))
+    assert executed
+    for path in executed:
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        last = nb["cells"][-1]
+        source = "".join(last["source"]) if isinstance(last["source"], list) else last["source"]
+        assert last["cell_type"] == "markdown" and source.startswith("<small>Provenance: moecalc "), path
+        for read in nb["metadata"]["moecalc"]["reads"]:
+            assert f"`{read}` sha256:" in source, (path, read)
+
+
+# ---------------------------------------------------------------- one parameters cell, titles
+
+
+def test_injected_parameters_fold_into_the_parameters_cell():
+    nb = {"cells": [
+        {"cell_type": "markdown", "metadata": {}, "source": "# Decode"},
+        {"cell_type": "code", "metadata": {"tags": ["parameters"]}, "outputs": [],
+         "source": 'hardware = "h800"      # a file stem\nbatches = [8,\n           16]  # two lines\nep = 144'},
+        {"cell_type": "code", "metadata": {"tags": ["injected-parameters"]}, "outputs": [],
+         "source": '# Parameters\nhardware = "h20"\nbatches = [4]\nextra = 2\n'},
+        {"cell_type": "code", "metadata": {}, "outputs": [], "source": "x = 1"},
+    ]}
+    book.merge_parameters(nb, {"hardware": "h20", "batches": [4], "extra": 2})
+    cells = nb["cells"]
+    assert len(cells) == 3 and not any("injected-parameters" in c["metadata"].get("tags", []) for c in cells)
+    assert cells[1]["source"] == 'hardware = "h20"      # a file stem\nbatches = [4]  # two lines\nep = 144\nextra = 2'
+    assert cells[1]["metadata"]["tags"] == ["parameters", "hide-input"]
+    ns: dict = {}
+    exec(cells[1]["source"], ns)  # the folded cell runs, and gives the injected values
+    assert (ns["hardware"], ns["batches"], ns["ep"], ns["extra"]) == ("h20", [4], 144, 2)
+
+
+def test_retitle_prefixes_the_first_heading_with_the_gpu():
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("---\nx: 1\n---\n\n# Decode\n\n## Part"),
+                                         nbformat.v4.new_markdown_cell("# Another")])
+    book.retitle(nb, "H20")
+    assert nb.cells[0].source == "---\nx: 1\n---\n\n# H20 · Decode\n\n## Part" and nb.cells[1].source == "# Another"

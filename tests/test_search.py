@@ -238,7 +238,7 @@ def test_cli_impossible_slo_exits_zero(capsys):
     ["--devices", "0"],
     ["--devices", "-4"],
     ["--devices", "96"],  # EP must divide 256 and MoE-TP 2048: no split of 96 chips works
-    ["--devices", "128,3"],
+    ["--devices", "3,5"],  # no count of the list has a split
     ["--devices", "1048576"],  # more than 256 experts × 2048 expert columns
     ["--devices", "128", "--workload", "no-such-workload"],
     ["--devices", "128", "--batch", "ten"],
@@ -252,6 +252,39 @@ def test_cli_bad_input_is_one_line(capsys, argv):
 
 
 # ---------------------------------------------------------------- frontier and per-count reasons
+
+
+def test_cli_a_count_without_layout_gets_its_reason_and_the_others_their_answer(capsys):
+    # 24 = moe_tp × ep needs ep | 256 (so ep ≤ 8) and moe_tp = 24 / ep | 2048: 3 divides neither
+    code, out, err = run(capsys, "search", "--hardware", "h20", "--devices", "8,16,24,32", "--json")
+    data = json.loads(out)
+    by = {e["devices"]: e for e in data["by_devices"]}
+    assert code == 0 and err == ""
+    assert by[24]["best"] is None and by[24]["why_none"].startswith("indivisible")
+    assert by[16]["best"] is not None and by[32]["best"] is not None
+    # 8 × H20: 671 B parameters in FP8 are ≥ 671 GB / 8 ≈ 84 GB per GPU, over 96 GB's usable share
+    assert by[8]["best"] is None and by[8]["why_none"].startswith("out of memory")
+    code, out, err = run(capsys, "search", "--hardware", "h20", "--devices", "8,24,32")
+    assert code == 0 and "24 devices: no feasible layout, indivisible" in out
+    assert "8 devices: no feasible layout, out of memory" in out
+
+
+def test_cli_search_takes_mtp_and_redundant_experts(capsys):
+    base = ["search", "--hardware", "h800", "--devices", "144", "--tp", "1", "--moe-tp", "1", "--json"]
+    # 144 does not divide 256 experts, but divides 256 + 32 = 288 copies (2 per GPU, DeepSeek's day-6 decode)
+    code, out, err = run(capsys, *base)
+    assert code == 2 and "no layout" in err
+    code, out, err = run(capsys, *base, "--redundant-experts", "32")
+    plain = json.loads(out)["best"]
+    assert code == 0 and plain["ep"] == 144
+    same = ["--redundant-experts", "32", "--batch", "64", "--tbo", "off"]
+    code, out, err = run(capsys, *base, *same)
+    one = json.loads(out)["best"]
+    code, out, err = run(capsys, *base, *same, "--mtp-accept", "1.7")
+    mtp = json.loads(out)["best"]
+    # MTP keeps 1.7 tokens per step for a step that verifies 2 per sequence (plus the MTP layer):
+    # each user gets more tokens/s, but less than 1.7 × (the step costs more)
+    assert code == 0 and one["tokens_per_s_per_user"] < mtp["tokens_per_s_per_user"] < 1.7 * one["tokens_per_s_per_user"]
 
 
 def test_frontier_is_not_dominated_and_ends_at_the_best(result128):

@@ -77,7 +77,6 @@ def test_every_kernel_point_is_evaluated_and_within_tolerance(kernel_records):
     assert not misses, misses
     for r in kernel_records:
         assert math.isfinite(r["model"]) and r["model"] > 0
-        assert r["error_pct"] == pytest.approx((r["model"] - r["measured"]) / r["measured"] * 100)
 
 
 def test_calibration_covers_every_kernel_family(kernel_records):
@@ -101,6 +100,23 @@ def test_pinned_values_are_the_fit_to_their_points(kernel_records):
         assert abs(mean) < 0.035, (key, mean, len(logs))
 
 
+def test_kernel_record_by_hand():
+    """DeepGEMM's dense FP8 GEMM m=64, n=2112, k=7168 on H800 (its README: 206 TFLOPS): by
+    hand, 2·64·2112·7168 FLOPs; the tile pads nothing (64 rows); bytes 64·7168·1.03125 +
+    2112·7168 read, 2·64·2112 written after; the datasheet's 1,979 TFLOPS and 3,350 GB/s
+    times the profile's calibrated efficiencies, plus the kernel floor."""
+    p = next(p for p in calibrate.load_points() if p.id == "deepgemm-dense-m64-n2112-k7168")
+    e = {k: v["value"] for k, v in profiles.load_hardware("h800").efficiency.items()}  # calibrated data
+    flops = 2 * 64 * 2112 * 7168
+    read = 64 * 7168 * (1 + 4 / 128) + 2112 * 7168
+    bw = 3350e9 * e["memory"]
+    t = max(flops / (1979e12 * e["gemm"]), read / bw) + 2 * 64 * 2112 / bw + e["kernel_latency_us"] * 1e-6
+    (r,) = calibrate.evaluate([p])
+    assert r["metric"] == "tflops"
+    assert r["model"] == pytest.approx(flops / t / 1e12, rel=1e-9)
+    assert r["error_pct"] == pytest.approx((flops / t / 1e12 / r["measured"] - 1) * 100, rel=1e-9)
+
+
 def test_kernel_points_file_is_checked(tmp_path):
     bad = tmp_path / "k.yaml"
     bad.write_text("points:\n  - id: x\n    hardware: h800\n    kernel: warp_drive\n    conditions: {}\n"
@@ -117,13 +133,50 @@ def test_every_system_point_is_computed(system_records):
     for r in system_records:
         assert set(r) >= {"source", "setup", "metric", "published", "computed", "error_pct"}
         assert math.isfinite(r["computed"]) and r["computed"] > 0
-        assert r["error_pct"] == pytest.approx((r["computed"] - r["published"]) / r["published"] * 100)
+
+
+STORED = yaml.safe_load((ROOT / "tests" / "data" / "validation_errors.yaml").read_text(encoding="utf-8"))
+BAND = 0.3  # percentage points: a change of accuracy beyond this is a change to accept on purpose
 
 
 def test_every_point_is_within_tolerance_or_explained(system_records):
+    """The points outside their tolerance are exactly the accepted ones (stored within:
+    false), and each says why with a figure: a new miss fails here until it is explained and
+    accepted (tests/data/regenerate.py)."""
+    outside = {r["id"] for r in system_records if not r["within"]}
+    accepted = {k for k, v in STORED["validate"].items() if not v["within"]}
+    assert outside == accepted, {"new misses": outside - accepted, "no longer missing": accepted - outside}
     for r in system_records:
         if not r["within"]:
-            assert len(r["attribution"]) > 80, r["id"]  # a stated reason, not a placeholder
+            assert any(ch.isdigit() for ch in r["attribution"]) and len(r["attribution"]) > 80, r["id"]
+
+
+@pytest.mark.parametrize("phase", ["validate", "calibrate"])
+def test_every_error_is_the_accepted_one(system_records, kernel_records, phase):
+    records = system_records if phase == "validate" else kernel_records
+    stored = STORED[phase]
+    assert [r["id"] for r in records] == list(stored), "points added or removed: regenerate tests/data"
+    moved = {r["id"]: (round(r["error_pct"], 2), stored[r["id"]]["error_pct"]) for r in records
+             if abs(r["error_pct"] - stored[r["id"]]["error_pct"]) > BAND}
+    assert not moved, f"errors moved (now, accepted): {moved}; if intended, run tests/data/regenerate.py"
+
+
+def test_records_by_hand():
+    """Two records checked by hand against their published figure, not recomputed with the
+    code's own error formula."""
+    rec = {r["id"]: r for r in validate.validate(validate.load_points())}
+    decode = rec["lmsys-decode-2k"]
+    assert decode["published"] == 22282  # LMSYS: 22,282 output tokens/s per node
+    assert 22_000 < decode["computed"] < 23_000
+    assert decode["error_pct"] == pytest.approx(100 * (decode["computed"] / 22282 - 1))
+    assert decode["within"] is True and decode["tolerance_pct"] == 10
+    ratio = rec["lmsys-decode-tbo-gain-32"]
+    assert ratio["published"] == 0.73 and ratio["within"] is False  # TBO at batch 32 costs LMSYS 27 %
+    # the model loses 15-20 % (each micro-batch pays its kernel floors, small kernels and launch
+    # gaps again): 0.80 / 0.73 = +9.6 % to 0.85 / 0.73 = +16.4 %, beyond the ±10 % but for the
+    # lowest ratios: an accepted miss
+    assert 0.8 < ratio["computed"] < 0.85
+    assert ratio["tolerance_pct"] == 10 and abs(ratio["computed"] / 0.73 - 1) > 0.10
 
 
 def test_the_reference_figures_are_all_there(system_records):

@@ -146,6 +146,7 @@ class Device:
     def routed_flops(self) -> float:
         return self.grouped_flops if self.expert_flops is None else self.expert_flops
     sparse_attention_flops: float = 0.0  # sparse MLA decode (BF16 math on an FP8 cache)
+    absorb_flops: float = 0.0  # absorbed MLA's per-head BMMs on BF16 copies of wkv_b (BF16 whatever the cache)
     sparse_prefill_attention_flops: float = 0.0  # sparse MLA prefill (BF16)
     indexer_flops: float = 0.0  # lightning-indexer logits (FP8)
 
@@ -164,6 +165,7 @@ class Device:
             eff=self.eff,
             expert_flops=None if self.expert_flops is None else self.expert_flops * share,
             sparse_attention_flops=self.sparse_attention_flops * share,
+            absorb_flops=self.absorb_flops * share,
             sparse_prefill_attention_flops=self.sparse_prefill_attention_flops * share,
             indexer_flops=self.indexer_flops * share,
         )
@@ -192,6 +194,7 @@ def device(hw: Hardware, wl: Workload | None = None, weight_dtype: str | None = 
         compute_units=hw.compute_units,
         eff=e,
         sparse_attention_flops=bf16 * e.attention_sparse,
+        absorb_flops=bf16 * e.attention,
         sparse_prefill_attention_flops=bf16 * e.attention_sparse_prefill,
         indexer_flops=hw.peak("fp8") * e.indexer if "fp8" in hw.peak_flops else peak * e.indexer,
     )
@@ -785,11 +788,11 @@ def _attention_decode_dense(c: _Ctx, tokens, seqs, q_per_seq, kv_len, h, bf16):
         "qkv_a_proj": _gemm(c, tokens, m.hidden_size, m.q_lora_rank + m.kv_cache_dim),  # wq_a and wkv_a fused
         "q_b_proj": _gemm(c, tokens, m.q_lora_rank, h * m.qk_head_dim),
         # q_nope · W_UK and latent · W_UV per head, batched GEMMs on BF16 copies of wkv_b
-        "q_absorb": _gemm(c, tokens, h * m.qk_nope_head_dim, m.kv_lora_rank, c.dev.attention_flops, w_bytes=bf16),
+        "q_absorb": _gemm(c, tokens, h * m.qk_nope_head_dim, m.kv_lora_rank, c.dev.absorb_flops, w_bytes=bf16),
         "rope_cache": elementwise_time(tokens * (m.q_lora_rank + m.kv_cache_dim) * 2 * c.ab
                                        + tokens * m.kv_cache_dim * c.kvb, c.dev),
         "attention": mla_decode_time(seqs, q_per_seq, kv_len, h, m, c.kvb, c.ab, c.dev),
-        "o_absorb": _gemm(c, tokens, h * m.kv_lora_rank, m.v_head_dim, c.dev.attention_flops, w_bytes=bf16),
+        "o_absorb": _gemm(c, tokens, h * m.kv_lora_rank, m.v_head_dim, c.dev.absorb_flops, w_bytes=bf16),
         "o_proj": _gemm(c, tokens, h * m.v_head_dim, m.hidden_size),
         "all_reduce": all_reduce_time(tokens, m.hidden_size, c.tp, c.dev, c.ab, c.fw),
     }
@@ -813,9 +816,9 @@ def _attention_prefill(c: _Ctx, tokens, seqs, q_len, kv_len):
     bf16 = dtype_bytes("bf16")
     pairs = seqs * counts.attended_pairs(m, q_len, kv_len, causal=True)
     sparse = {k: v for k, v in dense.items() if k not in ("kv_b_proj", "attention")}
-    sparse["q_absorb"] = _gemm(c, tokens, h * m.qk_nope_head_dim, m.kv_lora_rank, c.dev.attention_flops, w_bytes=bf16)
+    sparse["q_absorb"] = _gemm(c, tokens, h * m.qk_nope_head_dim, m.kv_lora_rank, c.dev.absorb_flops, w_bytes=bf16)
     sparse["attention"] = sparse_mla_prefill_time(pairs, tokens, seqs * kv_len, h, m, c.ab, c.dev)
-    sparse["o_absorb"] = _gemm(c, tokens, h * m.kv_lora_rank, m.v_head_dim, c.dev.attention_flops, w_bytes=bf16)
+    sparse["o_absorb"] = _gemm(c, tokens, h * m.kv_lora_rank, m.v_head_dim, c.dev.absorb_flops, w_bytes=bf16)
     # Beyond top-k the faster of the two: the sparse MQA-mode kernel over the selected keys, or
     # the dense (MHA-mode) computation with the selection as a mask, which DeepSeek runs for
     # short prompts ("a masked MHA mode to simulate DSA", DeepSeek-V3.2-Exp report §2.1)
@@ -906,18 +909,32 @@ def _head(c: _Ctx, tokens):
 
 def _context(m: Model, hw: Hardware, wl: Workload, layout: Layout, expert_imbalance, redundant_experts: int,
              framework: Framework | str | None = None, overheads: bool = True) -> _Ctx:
-    if np.any(np.asarray(expert_imbalance) < 1.0):
+    imbalance = np.asarray(expert_imbalance, dtype=float)
+    if not np.all(imbalance >= 1.0):
         raise InputError(f"expert imbalance is max/mean load per EP rank, so ≥ 1; got {expert_imbalance}")
     if redundant_experts < 0:
         raise InputError(f"redundant experts must be ≥ 0, got {redundant_experts}")
     dev = device(hw, wl)
     ep = np.asarray(layout.ep, dtype=float)
+    # Its physical ceiling: the busiest EP rank gets at most min(k, experts it holds) of each
+    # token's k routed copies, the mean rank k / ep of them, so max/mean ≤ ep · min(k, slots) / k
+    # (all the load on one rank at most: ≤ ep).
+    k = m.num_experts_per_tok
+    ceiling = ep * np.minimum(k, (m.n_routed_experts + redundant_experts) / ep) / k
+    over = (imbalance > ceiling * (1 + 1e-12)) & (ep > 1)  # at EP1 there is no other rank: it means nothing
+    if np.any(over):
+        i = np.unravel_index(np.argmax(over), over.shape) if np.ndim(over) else ()
+        e, c = float(np.broadcast_to(ep, over.shape)[i]), float(np.broadcast_to(ceiling, over.shape)[i])
+        raise InputError(f"expert imbalance {float(np.broadcast_to(imbalance, over.shape)[i]):g} is impossible: with "
+                         f"EP {e:g} the busiest rank can take at most {c:g} × the mean load (all of each token's "
+                         f"top-{k} experts it holds)")
+    imbalance = np.minimum(imbalance, ceiling)  # 1 at EP1, where one rank holds all the load
     return _Ctx(
         m=m, dev=dev, wb=dtype_bytes(wl.weight_dtype), xb=gemm_input_bytes(wl.weight_dtype, wl.activation_dtype),
         ab=dtype_bytes(wl.activation_dtype), kvb=dtype_bytes(wl.kv_dtype),
         dispatch_bytes=wire_bytes(wl.dispatch_dtype), combine_bytes=wire_bytes(wl.combine_dtype),
         tp=np.asarray(layout.tp, dtype=float), dp=np.asarray(layout.dp, dtype=float),
-        moe_tp=np.asarray(layout.moe_tp, dtype=float), ep=ep, imbalance=np.asarray(expert_imbalance, dtype=float),
+        moe_tp=np.asarray(layout.moe_tp, dtype=float), ep=ep, imbalance=imbalance,
         slots=(m.n_routed_experts + redundant_experts) / ep, fw=load_framework(framework), overheads=overheads,
         eb=dtype_bytes(wl.expert_dtype),
     )
