@@ -99,8 +99,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         spec["ep"] = args.ep or spec["tp"] * spec["dp"] // spec["moe_tp"]
         data = serving.serve_agg(m, hw, wl, spec, isl=isl, osl=osl, hit=hit, concurrency=args.concurrency,
                                  chunk=args.chunk, gpus=args.gpus, mtp_accept=args.mtp_accept or 1.0, sd=sd)
-    data = {"hardware": hw.name, "model": m.name, "framework": f"{sd.fw.name} {sd.fw.version}",
-            "serving_data": sd.name, **data}
+    data = {"hardware": hw.name, "model": m.name, "framework": f"{sd.fw.name} {sd.fw.version}", **data}
 
     def text() -> str:
         from . import report
@@ -157,8 +156,8 @@ def register(sub, command) -> None:
         p.add_argument("--model", default="deepseek-v3", help="model profile name or YAML path")
         p.add_argument("--workload", default="seed-004", help="workload profile (ISL, OSL, cache hits, SLOs, dtypes)")
         p.add_argument("--framework", default="sglang",
-                       help="serving framework: its profile (params/framework/) and serving data "
-                            "(params/serving/<name>.yaml, sglang only so far); default sglang")
+                       help="serving framework profile (params/framework/<name>.yaml: sglang, trtllm, vllm, "
+                            "or a YAML path): memory rule, graphs, chunk size, KV hand-off; default sglang")
         p.add_argument("--isl", type=positive_int, help="prompt tokens per request (default: the workload's)")
         p.add_argument("--osl", type=positive_int, help="output tokens per request (default: the workload's)")
         p.add_argument("--cache-hit", type=_hit, help="prefix-cache hit rate (default: the workload's)")

@@ -12,7 +12,11 @@ with the framework version it was read from:
 * the largest decode batch it captures in a CUDA graph, and whether a larger one can run at
   all (``required``) or runs eagerly, paying a host launch per kernel;
 * the host time per step and whether an overlapped scheduler hides it behind the GPU;
-* which all-to-all kernels carry the MoE tokens in decode and in prefill.
+* which all-to-all kernels carry the MoE tokens in decode and in prefill;
+* its serving behaviour (``serving:``, read by :mod:`moecalc.serving`): the chunked-prefill
+  size, whether the KV cache goes to the decode pool layer by layer during the forward or after
+  it, over how many NICs, and the deployment settings a plan starts from (MTP acceptance, EPLB
+  imbalance, redundant experts).
 
 :func:`load_framework` validates a profile like the other profiles (one line naming the file
 and the field); the roofline policy reads the result (:mod:`moecalc.policies.roofline`).
@@ -74,6 +78,15 @@ FRAMEWORK_SPEC = Spec(
             "latency_node_us": _entry("number"),
             "max_kib": _entry("number"),
         }),
+        "serving": Spec("map", children={
+            "chunked_prefill_tokens": _entry("int"),
+            "kv_transfer_layerwise": _entry("bool"),
+            "kv_transfer_setup_us": _entry("number", zero_ok=True),
+            "kv_transfer_nics": _entry("int"),
+            "mtp_accept": _entry("number", upper=2),
+            "expert_imbalance": _entry("number"),
+            "redundant_experts": _entry("int", zero_ok=True),
+        }),
     },
 )
 
@@ -101,6 +114,14 @@ class Framework:
     custom_ar_two: float = 0.0  # seconds, the one-shot all-reduce's floor on 2 GPUs (0: NCCL only)
     custom_ar_node: float = 0.0  # seconds, on a whole scale-up domain
     custom_ar_max_bytes: float = 0.0  # messages above this go to NCCL
+    # serving (params/framework/<name>.yaml `serving:`)
+    chunk_tokens: int = 8192  # prompt tokens per attention-DP rank per aggregated step
+    kv_layerwise: bool = False  # KV sent layer by layer during the forward
+    kv_setup: float = 0.0  # seconds per KV transfer
+    kv_nics: int = 1  # NICs one request's transfer crosses in parallel, per side
+    mtp_accept: float = 1.0
+    expert_imbalance: float = 1.0
+    redundant_experts: int = 0
 
     # ------------------------------------------------------------ memory
 
@@ -164,7 +185,11 @@ def load_framework(name_or_path: str | os.PathLike[str] | Framework | None = Non
         if kind not in A2A_KINDS:
             raise _fail(path, f"all_to_all.{phase}.value", f"must be one of {', '.join(A2A_KINDS)}, got {kind!r}")
     max_batch = _value(d, "cuda_graph", "max_batch")
-    sections = ("memory", "cuda_graph", "scheduler", "all_to_all", "custom_all_reduce")
+    srv = d["serving"]
+    for key in ("mtp_accept", "expert_imbalance"):
+        if srv[key]["value"] < 1:
+            raise _fail(path, f"serving.{key}.value", f"must be ≥ 1, got {srv[key]['value']!r}")
+    sections = ("memory", "cuda_graph", "scheduler", "all_to_all", "custom_all_reduce", "serving")
     sources = {f"{s}.{k}": e["source"] for s in sections for k, e in (d[s] or {}).items() if e is not None}
     car = d["custom_all_reduce"] or {}
     return Framework(
@@ -181,6 +206,10 @@ def load_framework(name_or_path: str | os.PathLike[str] | Framework | None = Non
         custom_ar_two=car["latency_two_us"]["value"] * US if car else 0.0,
         custom_ar_node=car["latency_node_us"]["value"] * US if car else 0.0,
         custom_ar_max_bytes=car["max_kib"]["value"] * 1024.0 if car else 0.0,
+        chunk_tokens=srv["chunked_prefill_tokens"]["value"], kv_layerwise=srv["kv_transfer_layerwise"]["value"],
+        kv_setup=srv["kv_transfer_setup_us"]["value"] * US, kv_nics=srv["kv_transfer_nics"]["value"],
+        mtp_accept=srv["mtp_accept"]["value"], expert_imbalance=srv["expert_imbalance"]["value"],
+        redundant_experts=srv["redundant_experts"]["value"],
     )
 
 

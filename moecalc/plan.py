@@ -300,7 +300,7 @@ def plan(m: Model, hw: Hardware, wl: Workload, gpus: int, *, isl: int | None = N
                          f"TPOT ≤ {tpot_slo * 1e3:g} ms")
     return {
         "hardware": hw.name, "model": m.name, "workload": wl.name, "gpus": gpus, "isl": isl, "osl": osl,
-        "cache_hit": hit, "framework": f"{sd.fw.name} {sd.fw.version}", "serving_data": sd.name,
+        "cache_hit": hit, "framework": f"{sd.fw.name} {sd.fw.version}",
         "ttft_slo_ms": None if not np.isfinite(ttft_slo) else ttft_slo * 1e3,
         "tpot_slo_ms": None if not np.isfinite(tpot_slo) else tpot_slo * 1e3,
         "queue_model": serving.QUEUE_MODEL,

@@ -42,12 +42,12 @@ from . import counts
 from .errors import InputError
 from .frameworks import Framework, load_framework
 from .policies import roofline
-from .profiles import PARAMS_DIR, Hardware, Model, Workload, read_yaml
+from .profiles import PARAMS_DIR, Hardware, Model, Workload
 
 SECONDS_PER_HOUR = 3600.0
 QUEUE_MODEL = "M/D/c (Allen–Cunneen: Erlang-C wait × (1 + c_s²)/2, c_s = 0)"
-FRAMEWORK_FIELDS = ("chunked_prefill_tokens", "kv_transfer_layerwise", "kv_transfer_setup_us", "kv_transfer_nics",
-                    "mtp_accept", "expert_imbalance", "redundant_experts")
+SERVING_FIELDS = ("chunked_prefill_tokens", "kv_transfer_layerwise", "kv_transfer_setup_us", "kv_transfer_nics",
+                  "mtp_accept", "expert_imbalance", "redundant_experts")
 
 
 # ---------------------------------------------------------------- framework serving data
@@ -55,7 +55,8 @@ FRAMEWORK_FIELDS = ("chunked_prefill_tokens", "kv_transfer_layerwise", "kv_trans
 
 @dataclass(frozen=True)
 class ServingData:
-    """A framework's serving behaviour (params/serving/<framework>.yaml), SI units."""
+    """A framework's serving behaviour (the ``serving:`` section of params/framework/<name>.yaml,
+    at the profile's version), SI units, with the framework profile itself."""
 
     key: str
     name: str
@@ -76,38 +77,18 @@ class ServingData:
 
 
 def frameworks() -> list[str]:
-    return sorted(p.stem for p in (PARAMS_DIR / "serving").glob("*.yaml"))
+    return sorted(p.stem for p in (PARAMS_DIR / "framework").glob("*.yaml"))
 
 
-def load_serving(framework: str = "sglang") -> ServingData:
-    """The serving data of `framework` (params/serving/<name>.yaml: chunking, KV hand-off) with
-    its framework profile (params/framework/<name>.yaml: memory, graphs, host, all-to-all);
-    one error naming the file and field if either is wrong or missing."""
+def load_serving(framework: str | Framework = "sglang") -> ServingData:
+    """The serving data of `framework` (name or YAML path): its profile's ``serving:`` section
+    (chunking, KV hand-off, deployment settings) with the profile (memory, graphs, host,
+    all-to-all); one error naming the file and field if it is wrong or missing."""
     fw = load_framework(framework)
-    path = PARAMS_DIR / "serving" / f"{framework}.yaml"
-    if not path.is_file():
-        raise InputError(f"framework {framework!r} has no serving data (params/serving/{framework}.yaml: chunk size, "
-                         f"KV transfer); serving data exists for: {', '.join(frameworks())}")
-    d = read_yaml(path)
-    out: dict[str, Any] = {}
-    for key in FRAMEWORK_FIELDS:
-        e = d.get(key)
-        if not isinstance(e, dict) or "value" not in e or not isinstance(e.get("source"), str):
-            raise InputError(f"{path}: field '{key}': must be {{value, source}}")
-        v = e["value"]
-        ok = isinstance(v, bool) if key == "kv_transfer_layerwise" else (
-            not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and v >= 0)
-        if not ok:
-            raise InputError(f"{path}: field '{key}.value': bad value {v!r}")
-        out[key] = v
-    if out["mtp_accept"] < 1 or out["expert_imbalance"] < 1 or out["chunked_prefill_tokens"] < 1 or out["kv_transfer_nics"] < 1:
-        raise InputError(f"{path}: mtp_accept, expert_imbalance, chunked_prefill_tokens and kv_transfer_nics must be ≥ 1")
     return ServingData(
-        key=framework, name=str(d.get("name", framework)), chunk=int(out["chunked_prefill_tokens"]),
-        layerwise=bool(out["kv_transfer_layerwise"]), setup=float(out["kv_transfer_setup_us"]) * 1e-6,
-        nics=int(out["kv_transfer_nics"]), mtp_accept=float(out["mtp_accept"]),
-        expert_imbalance=float(out["expert_imbalance"]), redundant_experts=int(out["redundant_experts"]),
-        sources={k: d[k]["source"] for k in FRAMEWORK_FIELDS}, fw=fw,
+        key=fw.key, name=f"{fw.name} {fw.version}", chunk=fw.chunk_tokens, layerwise=fw.kv_layerwise,
+        setup=fw.kv_setup, nics=fw.kv_nics, mtp_accept=fw.mtp_accept, expert_imbalance=fw.expert_imbalance,
+        redundant_experts=fw.redundant_experts, sources={k: fw.sources[f"serving.{k}"] for k in SERVING_FIELDS}, fw=fw,
     )
 
 

@@ -69,6 +69,23 @@ def test_shipped_profiles_hold_the_frameworks_defaults():
     assert all(f.overlap_scheduler for f in (sgl, trt, vll))
     assert frameworks.load_framework(None).key == "sglang"  # the default
     assert all(v for v in sgl.sources.values())
+    # serving: sglang 0.5.23 memory_hook.py and vllm 0.33.0 arg_utils.py both default to 8192
+    # prompt tokens per step on 60-160 GiB GPUs; TensorRT-LLM's max_num_tokens is 8192 too
+    assert (sgl.chunk_tokens, vll.chunk_tokens, trt.chunk_tokens) == (8192, 8192, 8192)
+    assert not any(f.kv_layerwise for f in (sgl, trt, vll))  # all send the KV after the forward
+    assert all(f.kv_nics == 1 and f.redundant_experts == 32 for f in (sgl, trt, vll))
+    assert all(f.sources[f"serving.{k}"] for f in (sgl, trt, vll) for k in ("chunked_prefill_tokens", "kv_transfer_nics"))
+
+
+def test_a_profile_without_serving_data_is_one_line(tmp_path):
+    import yaml
+
+    data = yaml.safe_load((profiles.PARAMS_DIR / "framework" / "vllm.yaml").read_text())
+    del data["serving"]
+    path = tmp_path / "bare.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    with pytest.raises(InputError, match=r"field 'serving'"):
+        frameworks.load_framework(str(path))
 
 
 @pytest.mark.parametrize("change, field", [
@@ -77,6 +94,9 @@ def test_shipped_profiles_hold_the_frameworks_defaults():
     ({"all_to_all__decode": "carrier-pigeon"}, "all_to_all.decode.value"),
     ({"cuda_graph__max_batch": 0}, "cuda_graph.max_batch.value"),
     ({"scheduler__overlap": "yes"}, "scheduler.overlap.value"),
+    ({"serving__kv_transfer_nics": 0}, "serving.kv_transfer_nics.value"),
+    ({"serving__mtp_accept": 0.5}, "serving.mtp_accept.value"),
+    ({"serving__chunked_prefill_tokens": 8192.5}, "serving.chunked_prefill_tokens.value"),
 ])
 def test_bad_profile_is_one_line_naming_file_and_field(tmp_path, change, field):
     path = _yaml(tmp_path, **change)

@@ -70,7 +70,7 @@ def test_kv_transfer_time_by_hand(ctx):
     assert t == pytest.approx(1e-3 + 140_544_000 / 44e9)  # 4.194 ms
     # layer-pipelined: 61 MB at 1 GB/s = 61 ms, under a 1 s forward only the last layer's 1 ms shows
     assert serving.kv_transfer_time(61e6, 1e9, 1e9, 0.0, 1.0, 61, layerwise=True) == pytest.approx(1e-3)
-    assert sd.layerwise is False  # SGLang 0.4.6 sends after the forward (params/serving/sglang.yaml)
+    assert sd.layerwise is False  # SGLang 0.5.23 sends after the forward (params/framework/sglang.yaml serving:)
 
 
 def test_cost_by_hand(ctx):
@@ -234,6 +234,22 @@ def test_serve_and_plan_json():
                "--json")
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["usd_per_mtok_output"] is None  # JSON null, never NaN
+
+
+@pytest.mark.parametrize("fw, name", [("vllm", "vLLM 0.33.0"), ("trtllm", "TensorRT-LLM")])
+def test_serve_and_plan_under_each_framework(fw, name):
+    """One profile per framework: serve and plan run under vLLM and TensorRT-LLM too, and their
+    MoE all-gather (no DeepEP) makes the same decode pool slower than under SGLang."""
+    spec = DIS + ["--prefill", OK_P, "--decode", OK_D, "--json"]
+    base, other = _run(*spec), _run(*spec, "--framework", fw)
+    assert other.returncode == 0, other.stderr
+    a, b = json.loads(base.stdout), json.loads(other.stdout)
+    assert b["framework"].startswith(name) and a["framework"] == "SGLang 0.5.23"
+    assert b["tpot_ms"] > a["tpot_ms"]
+    res = _run("plan", "--hardware", "h100", "--gpus", "16", "--framework", fw, "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["framework"].startswith(name)
+    assert not (ROOT / "params" / "serving").exists()  # serving data lives in the framework profiles
 
 
 def test_plan_best_agg_replays_in_serve(lmsys_plan, ctx):
