@@ -444,7 +444,7 @@ def serve_disagg(m: Model, hw: Hardware, wl: Workload, prefill: Mapping[str, int
 def cost_note(hw: Hardware) -> str:
     parts = [f"price ${hw.price['usd_per_gpu_hour']:.2f}/GPU-h ({hw.price['date']})" if hw.price
              else "cost unavailable: no price in the hardware profile",
-             f"power {hw.power['watts']:g} W per GPU (datasheet)" if hw.power
+             f"power {hw.power['watts']:g} W per GPU (board power, source in the profile)" if hw.power
              else "energy unavailable: no power in the hardware profile"]
     return "; ".join(parts)
 

@@ -79,6 +79,22 @@ def test_cost_by_hand(ctx):
     assert serving.cost(hw, 8, 22_300) == pytest.approx(16 / 3600 / 22_300 * 1e6)
     assert serving.tokens_per_joule(hw, 8, 22_400) == pytest.approx(22_400 / 5600)
     assert serving.cost(profiles.load_hardware("h20"), 8, 1000.0) is None  # no price: unavailable, not NaN
+    # GB200: $9.08 per Superchip-hour (2 GPUs) = $4.54 per GPU-hour; 72 GPUs at 100,000 tokens/s:
+    # 72 × 4.54 / 3600 / 100,000 × 1e6 = $0.908 per million tokens; 1,200 W per GPU
+    gb = profiles.load_hardware("gb200")
+    assert serving.cost(gb, 72, 100_000) == pytest.approx(0.908)
+    assert serving.tokens_per_joule(gb, 72, 86_400) == pytest.approx(1.0)
+
+
+def test_every_hardware_profile_has_a_price_and_power_or_says_none_is_public():
+    """Cost and energy come from a sourced, dated figure, or the profile states that none is public."""
+    for path in sorted((ROOT / "params" / "hardware").glob("*.yaml")):
+        hw, text = profiles.load_hardware(path.stem), path.read_text()
+        if hw.price:
+            assert hw.price["source"] and len(hw.price["date"]) == 10, path.name
+        else:
+            assert "# price: none" in text, path.name
+        assert hw.power or "power: none" in text, path.name
 
 
 # ---------------------------------------------------------------- serving points
