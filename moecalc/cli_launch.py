@@ -142,17 +142,39 @@ def cmd_launch_parse(args: argparse.Namespace) -> int:
 
 
 def emit_for(framework: str, m, hw, best: dict[str, Any] | None, role: str = "decode") -> dict[str, Any]:
-    """The launch command(s) for a search's best layout, and the layout their parse gives."""
+    """The launch command(s) for a search's or a plan's best layout (`role`: decode, prefill, or
+    mixed for an aggregated pool), and the layout their parse gives back."""
     from . import launch
 
     if best is None:
         raise InputError("--emit: no layout meets the constraints, so there is no command to print")
-    lay = launch.layout_for(framework, int(best["tp"]), int(best["dp"]), int(best["moe_tp"]), int(best["ep"]),
+    lay = launch.layout_for(framework, int(best["tp"]), int(best["dp"]), int(best.get("moe_tp", 1)), int(best["ep"]),
                             hw.scale_up_domain)
-    commands = launch.emit(framework, lay, m.key, role, int(best["batch"]))
-    back = launch.parse(framework, commands[0], m, hw).layout
-    return {"framework": framework, "commands": commands, "layout": lay.as_dict(), "parsed_back": back.as_dict(),
-            "round_trip": back == lay}
+    batch = best.get("batch")  # sequences per attention-DP rank; a prefill pool has none
+    chunk = best.get("chunk")  # an aggregated pool's prompt tokens per rank per step
+    commands = launch.emit(framework, lay, m.key, role, None if batch is None else int(batch),
+                           chunk_per_rank=None if chunk is None else int(chunk))
+    parsed = launch.parse(framework, commands[0], m, hw)
+    back = parsed.layout
+    return {"framework": framework, "role": role, "commands": commands, "layout": lay.as_dict(),
+            "parsed_back": back.as_dict(), "round_trip": back == lay and (chunk is None or parsed.chunk_per_rank == chunk)}
+
+
+def emit_plan(framework: str, m, hw, data: dict[str, Any]) -> dict[str, Any]:
+    """Launch commands for a plan's best disaggregated plan (one prefill and one decode
+    instance; the plan says how many of each) and its best aggregated plan, where they exist."""
+    out: dict[str, Any] = {}
+    dis, agg = data["disagg"]["best"], data["agg"]["best"]
+    if dis:
+        out["disagg"] = {"prefill": {"instances": dis["prefill"]["instances"],
+                                     **emit_for(framework, m, hw, dis["prefill"], "prefill")},
+                         "decode": {"instances": dis["decode"]["instances"],
+                                    **emit_for(framework, m, hw, dis["decode"], "decode")}}
+    if agg:
+        out["agg"] = {"instances": agg["layout"]["instances"], **emit_for(framework, m, hw, agg["layout"], "mixed")}
+    if not out:
+        raise InputError("--emit: no plan meets the SLOs, so there is no command to print")
+    return out
 
 
 def register(sub, command) -> None:

@@ -122,6 +122,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     sd = _framework(args)
     data = plan.plan(m, hw, wl, args.gpus, isl=args.isl, osl=args.osl, hit=args.cache_hit, ttft_ms=args.ttft_ms,
                      tpot_ms=args.tpot_ms, sd=sd, top=args.top)
+    if args.emit:
+        from .cli_launch import emit_plan
+
+        data["launch"] = emit_plan(args.emit, m, hw, data)
 
     def text() -> str:
         from . import report
@@ -142,6 +146,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 shown = [(k, "n/a" if v is None else (", ".join(f"{a}={c}" for a, c in v.items()) if isinstance(v, dict)
                                                       else v)) for k, v in b.items()]
                 out += ["", report.table(["best " + mode, "value"], shown, digits=3)]
+        launch = data.get("launch", {})
+        for pool, e in [(f"disagg {r}", launch["disagg"][r]) for r in ("prefill", "decode") if "disagg" in launch] + (
+                [("agg", launch["agg"])] if "agg" in launch else []):
+            out += ["", f"{args.emit} launch command(s) for one {pool} instance of the best plan "
+                        f"(it runs {e['instances']}; one command per node):", *e["commands"]]
         return "\n".join(out)
 
     return _emit(args, data, text)
@@ -188,6 +197,8 @@ def register(sub, command) -> None:
     p.add_argument("--ttft-ms", type=_finite_positive, help="TTFT SLO in ms (default: the workload's)")
     p.add_argument("--tpot-ms", type=_finite_positive, help="TPOT SLO in ms (default: 1000 / the workload's tokens/s per user)")
     p.add_argument("--top", type=positive_int, default=10, help="plans listed per mode (default 10)")
+    p.add_argument("--emit", choices=["sglang", "vllm"],
+                   help="also print the launch commands of the best plan's pools (prefill, decode; aggregated)")
 
 
 def _hit(text: str) -> float:

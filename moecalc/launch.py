@@ -452,8 +452,10 @@ def _vllm(f: Mapping[str, Any], env: Mapping[str, str], tag, m: Model | None, hw
 
 
 def emit(framework: str, layout: LaunchLayout, model_path: str, role: str = "decode",
-         requests_per_rank: int | None = None, address: str = "NODE0_IP:5000") -> list[str]:
-    """The launch command(s), one per node, that set up `layout`; parse gives it back."""
+         requests_per_rank: int | None = None, address: str = "NODE0_IP:5000",
+         chunk_per_rank: int | None = None) -> list[str]:
+    """The launch command(s), one per node, that set up `layout` (and, given, the prompt tokens
+    per attention-DP rank per step of chunked prefill); parse gives them back."""
     version = flag_definitions(framework)["version"]
     L = layout
     if framework == "sglang":
@@ -471,7 +473,8 @@ def emit(framework: str, layout: LaunchLayout, model_path: str, role: str = "dec
             if L.lm_head == "dp":
                 words += ["--enable-dp-lm-head"]
         if L.ep > 1 and L.moe_tp == 1:
-            words += ["--moe-a2a-backend", "deepep", "--deepep-mode", "normal" if role == "prefill" else "low_latency"]
+            words += ["--moe-a2a-backend", "deepep", "--deepep-mode",
+                      {"prefill": "normal", "decode": "low_latency"}.get(role, "auto")]
         elif L.ep > 1:
             words += ["--ep-size", str(L.ep)]
         if role in ("prefill", "decode"):
@@ -484,6 +487,8 @@ def emit(framework: str, layout: LaunchLayout, model_path: str, role: str = "dec
             words += ["--max-running-requests", str(requests_per_rank * L.attention_dp)]
             if role != "prefill":
                 words += ["--cuda-graph-max-bs", str(requests_per_rank)]
+        if chunk_per_rank:  # SGLang divides the flag by the attention DP size (_handle_data_parallelism)
+            words += ["--chunked-prefill-size", str(chunk_per_rank * L.attention_dp)]
         if L.nodes == 1:
             return [shlex.join(words)]
         return [shlex.join(words + ["--dist-init-addr", address, "--nnodes", str(L.nodes), "--node-rank", str(i)])
@@ -502,6 +507,8 @@ def emit(framework: str, layout: LaunchLayout, model_path: str, role: str = "dec
             words += ["--enable-expert-parallel"]
         if requests_per_rank:
             words += ["--max-num-seqs", str(requests_per_rank)]
+        if chunk_per_rank:  # per engine core, i.e. per data-parallel rank
+            words += ["--max-num-batched-tokens", str(chunk_per_rank)]
         if L.nodes == 1:
             return [shlex.join(words)]
         if L.attention_dp % L.nodes:

@@ -95,6 +95,30 @@ def test_search_emit_round_trips():
     assert d["round_trip"] and d["layout"] == d["parsed_back"]
 
 
+@pytest.mark.parametrize("framework", launch.FRAMEWORKS)
+def test_plan_emit_round_trips(framework):
+    """plan --emit: each pool of the best plans, emitted and parsed back, is the plan's layout, with
+    its batch as the per-rank running limit and (aggregated) its chunk as the per-rank chunk."""
+    r = subprocess.run([str(MOECALC), "plan", "--hardware", "h100", "--gpus", "32", "--emit", framework, "--json",
+                        "--top", "1"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    m, hw = profiles.load_model("deepseek-v3"), profiles.load_hardware("h100")
+    pools = [("prefill", d["disagg"]["best"]["prefill"], d["launch"]["disagg"]["prefill"]),
+             ("decode", d["disagg"]["best"]["decode"], d["launch"]["disagg"]["decode"]),
+             ("mixed", d["agg"]["best"]["layout"], d["launch"]["agg"])]
+    for role, plan_pool, e in pools:
+        assert e["round_trip"] and e["role"] == role and e["instances"] == plan_pool["instances"]
+        back = launch.parse(framework, e["commands"][0], m, hw)
+        assert (back.layout.attention_tp, back.layout.attention_dp, back.layout.ep) == (
+            plan_pool["tp"], plan_pool["dp"], plan_pool["ep"])
+        assert len(e["commands"]) == -(-plan_pool["gpus_per_instance"] // 8)  # one per 8-GPU node
+        if role != "prefill":
+            assert back.running_per_rank == plan_pool["batch"]
+        if role == "mixed":
+            assert back.chunk_per_rank == plan_pool["chunk"]
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["--model-path", "deepseek-v3", "--enable-dp-atention"], "did you mean --enable-dp-attention"),
     (["--model-path", "deepseek-v3", "--tp-size", "sixteen"], "expected an integer"),
