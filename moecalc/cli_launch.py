@@ -1,6 +1,6 @@
 """``moecalc launch parse`` and ``search --emit``: the command line around moecalc.launch.
 
-``launch parse --framework sglang [--hardware h200] [--model ...] [--file cmd.sh] -- <command>``
+``launch parse --framework sglang [--version 0.5.5] [--hardware h200] [--model ...] [--file cmd.sh] -- <command>``
 prints the layout the command sets up, the per-rank limits the framework derives (rule,
 version), the memory check under its memory fraction and the roofline's decode or prefill
 estimate for that layout.
@@ -110,7 +110,7 @@ def cmd_launch_parse(args: argparse.Namespace) -> int:
         raise InputError(f"cannot tell the model from {path!r}: give --model (known: {', '.join(profiles.available('model'))})")
     m = profiles.load_model(name)
     hw = profiles.load_hardware(args.hardware) if args.hardware else None
-    L = launch.parse(args.framework, source, m, hw)
+    L = launch.parse(args.framework, source, m, hw, args.version)
     data: dict[str, Any] = {"model": m.name, **L.as_dict(), "layout_text": L.layout.describe()}
     if hw is not None:
         wl = profiles.load_workload(args.workload)
@@ -189,6 +189,9 @@ def register(sub, command) -> None:
     q.set_defaults(run=cmd_launch_parse)
     q.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
     q.add_argument("--framework", required=True, choices=launch.FRAMEWORKS)
+    q.add_argument("--version", help="the framework release whose flags and rules apply (" + "; ".join(
+        f"{fw}: {', '.join(launch.versions(fw))}, default {launch.default_version(fw)}" for fw in launch.FRAMEWORKS)
+        + "; the default is the framework profile's version if its flag table is present, else the newest)")
     q.add_argument("--model", help="model profile (default: the one the command's model path names)")
     q.add_argument("--hardware", help="hardware profile: adds the memory check and the estimate")
     q.add_argument("--workload", default="seed-003", help="workload profile for KV length and prompt length")

@@ -3,10 +3,10 @@
 ``parse`` reads a launch command (the tokens after ``--``, or a shell text with line
 continuations, ``export K=V`` lines and SGLang-recipe-style ```# comment``` tokens), checks
 every flag against the framework's own argument definitions at a stated version
-(``params/framework/launch/<framework>-args.yaml``, extracted from its wheel by
-``tools/extract_framework_args.py``), and applies the framework's rules
-(``params/framework/launch/<framework>-rules.yaml`` for its constants; each rule below names the
-function of the framework it follows) to give:
+(``params/framework/launch/<framework>-<version>-args.yaml``, extracted from its wheel by
+``tools/extract_framework_args.py``), and applies the framework's rules at that version
+(``params/framework/launch/<framework>-<version>-rules.yaml`` for its constants; each rule below
+names the function of the framework it follows) to give:
 
 * the layout: attention TP × DP, MoE TP × EP, dense-FFN TP, LM head split or data-parallel,
   devices and nodes;
@@ -40,19 +40,68 @@ _PROGRAMS = {
 }
 
 
+def _key(version: str) -> tuple:
+    return tuple(int(x) if x.isdigit() else -1 for x in re.split(r"[.+-]", version))
+
+
 @lru_cache(maxsize=None)
-def flag_definitions(framework: str) -> Mapping[str, Any]:
-    """The framework's flags as its own parser defines them (version, sources, flags)."""
+def _tables(framework: str, kind: str) -> dict[str, Any]:
+    """{version: path} of the framework's flag tables (kind "args") or rule files ("rules")."""
     if framework not in FRAMEWORKS:
         raise InputError(f"unknown framework {framework!r} (known: {', '.join(FRAMEWORKS)})")
-    return read_yaml(PARAMS_DIR / "framework" / "launch" / f"{framework}-args.yaml")
+    out = {}  # the version is in the file name (the file's own `version` is checked on loading)
+    for path in sorted((PARAMS_DIR / "framework" / "launch").glob(f"{framework}-*-{kind}.yaml")):
+        out[path.name[len(framework) + 1:-len(f"-{kind}.yaml")]] = path
+    return out
+
+
+def _load(framework: str, kind: str, version: str) -> Mapping[str, Any]:
+    path = _tables(framework, kind)[version]
+    data = read_yaml(path)
+    if str(data.get("version")) != version:
+        raise InputError(f"{path}: field 'version': {data.get('version')!r} does not match the file name ({version})")
+    return data
+
+
+def versions(framework: str) -> list[str]:
+    """The versions whose flag table is present, oldest first."""
+    return sorted(_tables(framework, "args"), key=_key)
 
 
 @lru_cache(maxsize=None)
-def rules(framework: str) -> Mapping[str, Any]:
-    """The constants and defaults the framework's code applies (its rules YAML)."""
-    flag_definitions(framework)
-    return read_yaml(PARAMS_DIR / "framework" / "launch" / f"{framework}-rules.yaml")
+def default_version(framework: str) -> str:
+    """The framework profile's version (params/framework/<name>.yaml) if its flag table is
+    present, else the newest table present."""
+    known = versions(framework)
+    profile = str(read_yaml(PARAMS_DIR / "framework" / f"{framework}.yaml")["version"])
+    return profile if profile in known else known[-1]
+
+
+def _version(framework: str, version: str | None) -> str:
+    known = versions(framework)
+    v = default_version(framework) if version is None else str(version)
+    if v not in known:
+        raise InputError(f"no {framework} {v} flag table in params/framework/launch/ (present: {', '.join(known)})")
+    return v
+
+
+@lru_cache(maxsize=None)
+def flag_definitions(framework: str, version: str | None = None) -> Mapping[str, Any]:
+    """The framework's flags as its own parser defines them at `version` (default:
+    :func:`default_version`): version, sources, flags."""
+    return _load(framework, "args", _version(framework, version))
+
+
+@lru_cache(maxsize=None)
+def rules(framework: str, version: str | None = None) -> Mapping[str, Any]:
+    """The constants and defaults the framework's code applies at `version`: its own rules file,
+    else the newest older one (whose ``version`` then says which release they were read from)."""
+    v = _version(framework, version)
+    files = _tables(framework, "rules")
+    older = [x for x in files if _key(x) <= _key(v)]
+    if not older:
+        raise InputError(f"no {framework} rules at or before {v} in params/framework/launch/")
+    return _load(framework, "rules", max(older, key=_key))
 
 
 # ---------------------------------------------------------------- tokens and flags
@@ -115,11 +164,11 @@ def _convert(flag: str, kind: str, text: str, version: str, framework: str):
     return text
 
 
-def parse_flags(framework: str, tokens: Sequence[str]) -> dict[str, Any]:
+def parse_flags(framework: str, tokens: Sequence[str], version: str | None = None) -> dict[str, Any]:
     """Flags → {canonical flag: value}, each checked against the framework's definitions:
     an unknown flag (with the closest known one), a missing value, a value of the wrong type
     or outside its choices is one error naming the flag and the framework version."""
-    defs = flag_definitions(framework)
+    defs = flag_definitions(framework, version)
     known, version = defs["flags"], defs["version"]
     out: dict[str, Any] = {}
     i = 0
@@ -131,9 +180,11 @@ def parse_flags(framework: str, tokens: Sequence[str]) -> dict[str, Any]:
         spec = known.get(name)
         if spec is None:
             close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+            elsewhere = [v for v in versions(framework) if v != str(version) and name in flag_definitions(framework, v)["flags"]]
             raise InputError(f"unknown {framework} {version} flag {name}"
                              + (f" (did you mean {close[0]}?)" if close else "")
-                             + f"; checked against {defs['sources'][0].split(' ')[0]}")
+                             + f"; checked against {defs['sources'][0].split(' ')[0]}"
+                             + (f"; {framework} {', '.join(elsewhere)} has it (--version {elsewhere[-1]})" if elsewhere else ""))
         canon = spec.get("negates") or spec.get("alias_of") or name
         kind = spec["kind"]
         i += 1
@@ -258,6 +309,8 @@ def _graph_sizes(r: Mapping[str, Any], speculative: bool, max_bs: int) -> tuple[
     out = []
     for start, stop, step in r["cuda_graph_bs"]["speculative" if speculative else "normal"]:
         out.extend(range(start, min(stop, max_bs + 1), step))
+    if r["cuda_graph_bs"].get("append_max"):  # 0.5.23: max_bs itself is always captured
+        out.append(max_bs)
     return tuple(sorted(b for b in set(out) if b <= max_bs))
 
 
@@ -270,23 +323,39 @@ def _memory_default(r: Mapping[str, Any], hw: Hardware | None, key: str, tp: int
     return None
 
 
-def parse(framework: str, command: str | Sequence[str], m: Model | None = None, hw: Hardware | None = None) -> Launch:
+def parse(framework: str, command: str | Sequence[str], m: Model | None = None, hw: Hardware | None = None,
+          version: str | None = None) -> Launch:
     """A launch command (text or tokens) → :class:`Launch`. `m` (the model profile) decides
     the model-specific rules (SGLang forces DP attention for sparse-attention models) and
-    the divisibility checks; `hw` the memory-dependent defaults and the node size."""
+    the divisibility checks; `hw` the memory-dependent defaults and the node size; `version` the
+    framework release whose flags and rules apply (default: :func:`default_version`)."""
     tokens, env = tokenize(command) if isinstance(command, str) else (list(command), {})
     tokens, tag = _drop_program(framework, tokens)
-    flags = parse_flags(framework, tokens)
-    return (_sglang if framework == "sglang" else _vllm)(flags, env, tag, m, hw)
+    version = _version(framework, version)
+    flags = parse_flags(framework, tokens, version)
+    return (_sglang if framework == "sglang" else _vllm)(flags, env, tag, m, hw, version)
 
 
-def _sglang(f: Mapping[str, Any], env: Mapping[str, str], _tag, m: Model | None, hw: Hardware | None) -> Launch:
-    r, version = rules("sglang"), flag_definitions("sglang")["version"]
+_SGLANG_CANONICAL = {"--tp-size": "--tensor-parallel-size", "--dp-size": "--data-parallel-size",
+                     "--ep-size": "--expert-parallel-size"}
+
+
+def _sglang(f: Mapping[str, Any], env: Mapping[str, str], _tag, m: Model | None, hw: Hardware | None,
+            version: str) -> Launch:
+    r = rules("sglang", version)
+    # 0.5.23 made the short spellings canonical (--tp-size, alias --tensor-parallel-size): read the
+    # flags under the names below whichever a release's table calls canonical
+    f = {_SGLANG_CANONICAL.get(k, k): v for k, v in f.items()}
     V = f"SGLang {version}"
     notes: list[str] = []
+    if str(r["version"]) != version:
+        notes.append(f"rules read from SGLang {r['version']} (no rules file for {version})")
+    names = r.get("flag_names", {})
+    max_bs_flag = names.get("cuda_graph_max_bs", "--cuda-graph-max-bs")
+    bs_flag = names.get("cuda_graph_bs", "--cuda-graph-bs")
     tp, dp = f.get("--tensor-parallel-size", 1), f.get("--data-parallel-size", 1)
     dp_attention = bool(f.get("--enable-dp-attention"))
-    if m is not None and m.sparse:  # _handle_model_specific_adjustments, is_deepseek_nsa
+    if m is not None and m.sparse and r["nsa"]["enable_dp_attention"]:  # 0.5.5 _handle_model_specific_adjustments
         if not dp_attention or dp != tp:
             notes.append(f"{V} forces DP attention with dp = tp for DeepSeek NSA models (was dp {dp}, "
                          f"--enable-dp-attention {'on' if dp_attention else 'off'})")
@@ -326,8 +395,9 @@ def _sglang(f: Mapping[str, Any], env: Mapping[str, str], _tag, m: Model | None,
 
     role = f.get("--disaggregation-mode", "null")
     role = {"prefill": "prefill", "decode": "decode"}.get(role, "mixed")
-    if role == "decode" and dp > 1 and not f.get("--prefill-round-robin-balance"):  # _handle_disaggregation asserts it
-        raise InputError(f"{V} refuses a decode server with dp {dp} without --prefill-round-robin-balance "
+    needs = r.get("decode_dp_requires")
+    if needs and role == "decode" and dp > 1 and not f.get(needs):  # 0.5.5 _handle_disaggregation asserts it
+        raise InputError(f"{V} refuses a decode server with dp {dp} without {needs} "
                          "(server_args.py _handle_disaggregation: the prefill side must balance round-robin so the "
                          "decode side knows each request's DP rank)")
     limits: list[Limit] = []
@@ -365,11 +435,11 @@ def _sglang(f: Mapping[str, Any], env: Mapping[str, str], _tag, m: Model | None,
                "--deepep-mode normal (_handle_a2a_moe)" if f.get("--deepep-mode") == "normal" else "--disable-cuda-graph")
         limits.append(Limit("CUDA graphs", "off", f"disabled: {why}"))
     else:
-        if "--cuda-graph-bs" in f:
-            graph_bs = tuple(sorted(set(f["--cuda-graph-bs"])))
-            rule = "--cuda-graph-bs as given"
+        if bs_flag in f:
+            graph_bs = tuple(sorted(set(f[bs_flag])))
+            rule = f"{bs_flag} as given"
         else:
-            max_bs = f.get("--cuda-graph-max-bs") or _memory_default(r, hw, "cuda_graph_max_bs", tp)
+            max_bs = f.get(max_bs_flag) or _memory_default(r, hw, "cuda_graph_max_bs", tp)
             graph_bs = _graph_sizes(r, speculative is not None, max_bs)
             rule = f"_generate_cuda_graph_batch_sizes up to {max_bs}"
         limits.append(Limit("CUDA-graph batch sizes", list(graph_bs), rule))
@@ -405,8 +475,9 @@ def _sglang(f: Mapping[str, Any], env: Mapping[str, str], _tag, m: Model | None,
                   running_rank, chunk_rank, graph_bs, float(mem), kv_format, max(draft - 1, 0), tuple(notes))
 
 
-def _vllm(f: Mapping[str, Any], env: Mapping[str, str], tag, m: Model | None, hw: Hardware | None) -> Launch:
-    r, version = rules("vllm"), flag_definitions("vllm")["version"]
+def _vllm(f: Mapping[str, Any], env: Mapping[str, str], tag, m: Model | None, hw: Hardware | None,
+          version: str) -> Launch:
+    r = rules("vllm", version)
     tp, dp = f.get("--tensor-parallel-size", 1), f.get("--data-parallel-size", 1)
     ep_on = bool(f.get("--enable-expert-parallel"))
     devices = tp * dp
@@ -453,10 +524,12 @@ def _vllm(f: Mapping[str, Any], env: Mapping[str, str], tag, m: Model | None, hw
 
 def emit(framework: str, layout: LaunchLayout, model_path: str, role: str = "decode",
          requests_per_rank: int | None = None, address: str = "NODE0_IP:5000",
-         chunk_per_rank: int | None = None) -> list[str]:
+         chunk_per_rank: int | None = None, version: str | None = None) -> list[str]:
     """The launch command(s), one per node, that set up `layout` (and, given, the prompt tokens
     per attention-DP rank per step of chunked prefill); parse gives them back."""
-    version = flag_definitions(framework)["version"]
+    version = _version(framework, version)
+    r = rules(framework, version)
+    names = r.get("flag_names", {})
     L = layout
     if framework == "sglang":
         if L.attention_dp > 1 and L.dense_tp not in (1, L.attention_tp * L.attention_dp):
@@ -479,14 +552,14 @@ def emit(framework: str, layout: LaunchLayout, model_path: str, role: str = "dec
             words += ["--ep-size", str(L.ep)]
         if role in ("prefill", "decode"):
             words += ["--disaggregation-mode", role]
-            if role == "decode" and L.attention_dp > 1:
-                words += ["--prefill-round-robin-balance"]
+            if role == "decode" and L.attention_dp > 1 and r.get("decode_dp_requires"):
+                words += [r["decode_dp_requires"]]
             if role == "prefill" and L.attention_dp > 1:
                 words += ["--load-balance-method", "round_robin"]
         if requests_per_rank:
             words += ["--max-running-requests", str(requests_per_rank * L.attention_dp)]
             if role != "prefill":
-                words += ["--cuda-graph-max-bs", str(requests_per_rank)]
+                words += [names.get("cuda_graph_max_bs", "--cuda-graph-max-bs"), str(requests_per_rank)]
         if chunk_per_rank:  # SGLang divides the flag by the attention DP size (_handle_data_parallelism)
             words += ["--chunked-prefill-size", str(chunk_per_rank * L.attention_dp)]
         if L.nodes == 1:

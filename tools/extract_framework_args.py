@@ -5,7 +5,7 @@
     python tools/extract_framework_args.py sglang /tmp/wheels/sglang-0.5.3-py3-none-any.whl 0.5.3
     python tools/extract_framework_args.py vllm /tmp/wheels/vllm-0.11.0-cp38-abi3-manylinux1_x86_64.whl 0.11.0
 
-writes params/framework/launch/<framework>-args.yaml: every flag (and alias) its argument parser
+writes params/framework/launch/<framework>-<version>-args.yaml: every flag (and alias) its argument parser
 defines, with the value kind moecalc checks (flag = no value, int, float, str, or a list
 of them), the choices where the source lists them literally, and the source file. Reads
 the wheel's Python source with `ast` (nothing is imported or executed).
@@ -231,7 +231,7 @@ def main(framework: str, wheel: str, version: str) -> None:
     data = {"framework": framework, "version": version, "sources": sources,
             "generated_by": "tools/extract_framework_args.py (ast over the wheel's source; nothing imported)",
             "flags": dict(sorted(flags.items()))}
-    out = ROOT / "params" / "framework" / "launch" / (f"{framework}-args.yaml" if len(sys.argv) < 5
+    out = ROOT / "params" / "framework" / "launch" / (f"{framework}-{version}-args.yaml" if len(sys.argv) < 5
                                                       else sys.argv[4])
     out.parent.mkdir(parents=True, exist_ok=True)
     class NoAliases(yaml.SafeDumper):

@@ -20,11 +20,12 @@ from typing import Any
 from .. import counts, launch
 from ..cli_launch import estimate, framework_for, memory
 from ..policies import roofline
-from ..profiles import PARAMS_DIR, load_hardware, load_model, load_workload, read_yaml
+from ..profiles import PARAMS_DIR, load_hardware, load_model, load_workload
 from ..units import GB
 
 SEED = "../shared/seeds/001_b1534e11af3c9090.txt"
 COMMANDS = {role: PARAMS_DIR / "launch" / f"seed-001-{role}.sh" for role in ("prefill", "decode")}
+SGLANG = "0.5.5"  # the release of seed 001's time, whose flags and rules its commands are read under
 PREFILL_INSTANCES = 2
 # EAGLE (MTP head) acceptance of the one drafted token: DeepSeek-V3 technical report
 # (arXiv:2412.19437) §5.4.3, "the acceptance rate of the second token prediction ranges between
@@ -41,7 +42,7 @@ def _profiles():
 
 def commands(m=None, hw=None) -> dict[str, launch.Launch]:
     m, hw, _ = _profiles() if m is None else (m, hw, None)
-    return {role: launch.parse("sglang", path.read_text(encoding="utf-8"), m, hw) for role, path in COMMANDS.items()}
+    return {role: launch.parse("sglang", path.read_text(encoding="utf-8"), m, hw, SGLANG) for role, path in COMMANDS.items()}
 
 
 class _Records(list):
@@ -176,7 +177,7 @@ def records() -> list[dict[str, Any]]:
 
     # ---------------------------------------------------------- DeepEP modes
     ll = dec.limit("DeepEP low-latency tokens per rank")
-    cap = launch.rules("sglang")["deepep_low_latency_tokens_per_rank"]["value"]
+    cap = launch.rules("sglang", SGLANG)["deepep_low_latency_tokens_per_rank"]["value"]
     r.add("§4, §6.1", "decode: DeepEP low_latency tokens per rank", f"{cap}", max(dec.graph_bs) * 2,
           "tokens per rank per dispatch", ll.ok, f"{max(dec.graph_bs)} requests × 2 tokens (EAGLE verify) = "
           f"{max(dec.graph_bs) * 2}: exactly the low-latency buffer's {cap} tokens per rank "
@@ -218,11 +219,11 @@ def records() -> list[dict[str, Any]]:
           "names its V3.2 backend 'nsa'.", erratum=True)
 
     # ---------------------------------------------------------- flag tables against SGLang 0.5.5
-    flags = launch.flag_definitions("sglang")["flags"]
+    flags = launch.flag_definitions("sglang", SGLANG)["flags"]
     used = sorted(set(pre.flags) | set(dec.flags))
     r.add("§3, §4", "flags the commands use, unknown to SGLang 0.5.5", "0", 0, "flags", True,
           f"all {len(used)} flags parse against sglang/srt/server_args.py 0.5.5 (moecalc launch parse).", value=0.0)
-    later = read_yaml(PARAMS_DIR / "framework" / "launch" / "sglang-0.5.23-args.yaml")
+    later = launch.flag_definitions("sglang", "0.5.23")
     spelled = sorted({t.split("=")[0] for path in COMMANDS.values()
                       for t in launch.tokenize(path.read_text(encoding="utf-8"))[0] if t.startswith("--")})
     gone = [f for f in spelled if f not in later["flags"]]
