@@ -336,6 +336,8 @@ def parse(framework: str, command: str | Sequence[str], m: Model | None = None, 
     return (_sglang if framework == "sglang" else _vllm)(flags, env, tag, m, hw, version)
 
 
+_SGLANG_WHERE = {"running": "tp_worker.py (TpModelWorker)", "chunk": "server_args.py _handle_data_parallelism",
+                 "memory": "_handle_gpu_memory_settings", "graphs": "_generate_cuda_graph_batch_sizes"}
 _SGLANG_CANONICAL = {"--tp-size": "--tensor-parallel-size", "--dp-size": "--data-parallel-size",
                      "--ep-size": "--expert-parallel-size"}
 
@@ -351,6 +353,7 @@ def _sglang(f: Mapping[str, Any], env: Mapping[str, str], _tag, m: Model | None,
     if str(r["version"]) != version:
         notes.append(f"rules read from SGLang {r['version']} (no rules file for {version})")
     names = r.get("flag_names", {})
+    where = {**_SGLANG_WHERE, **r.get("where", {})}  # the functions the rules below follow, at this release
     max_bs_flag = names.get("cuda_graph_max_bs", "--cuda-graph-max-bs")
     bs_flag = names.get("cuda_graph_bs", "--cuda-graph-bs")
     tp, dp = f.get("--tensor-parallel-size", 1), f.get("--data-parallel-size", 1)
@@ -406,16 +409,16 @@ def _sglang(f: Mapping[str, Any], env: Mapping[str, str], _tag, m: Model | None,
     running_rank = None if running is None else running // per_dp
     if running is not None:
         limits.append(Limit("max running requests per rank", running_rank,
-                            f"tp_worker.py (TpModelWorker): --max-running-requests {running} // dp {per_dp}"
+                            f"{where['running']}: --max-running-requests {running} // dp {per_dp}"
                             + (" under DP attention" if dp_attention else "")))
     chunk = f.get("--chunked-prefill-size") or _memory_default(r, hw, "chunked_prefill_size", tp)
     chunk_rank = None
     if chunk is not None and chunk > 0 and role != "decode":
         chunk_rank = chunk // per_dp
         limits.append(Limit("chunked prefill tokens per rank", chunk_rank,
-                            f"server_args.py _handle_data_parallelism: chunked_prefill_size {chunk} // dp {per_dp}"
+                            f"{where['chunk']}: chunked_prefill_size {chunk} // dp {per_dp}"
                             + ("" if "--chunked-prefill-size" in f else " (default for this GPU's memory, "
-                               "_handle_gpu_memory_settings)")))
+                               f"{where['memory']})")))
     speculative = f.get("--speculative-algorithm")
     steps = f.get("--speculative-num-steps", 0) if speculative else 0
     draft = 0
@@ -441,7 +444,7 @@ def _sglang(f: Mapping[str, Any], env: Mapping[str, str], _tag, m: Model | None,
         else:
             max_bs = f.get(max_bs_flag) or _memory_default(r, hw, "cuda_graph_max_bs", tp)
             graph_bs = _graph_sizes(r, speculative is not None, max_bs)
-            rule = f"_generate_cuda_graph_batch_sizes up to {max_bs}"
+            rule = f"{where['graphs']} up to {max_bs}"
         limits.append(Limit("CUDA-graph batch sizes", list(graph_bs), rule))
         if running_rank is not None:
             limits.append(Limit("requests per rank within the largest graph", f"{running_rank} ≤ {max(graph_bs)}",
@@ -453,7 +456,7 @@ def _sglang(f: Mapping[str, Any], env: Mapping[str, str], _tag, m: Model | None,
         need = biggest * max(draft, 1)
         limits.append(Limit("DeepEP low-latency tokens per rank", f"{need} ≤ {cap}",
                             f"largest decode batch per rank {biggest} × {max(draft, 1)} token(s) per request; "
-                            f"buffer {cap} ({r['deepep_low_latency_tokens_per_rank']['env']}, deepep.py)", need <= cap))
+                            f"buffer {cap} ({r['deepep_low_latency_tokens_per_rank']['env']})", need <= cap))
     mem = f.get("--mem-fraction-static")
     if mem is None:
         mem = 0.8 if m is not None and m.sparse else 0.88
