@@ -42,7 +42,7 @@ from . import counts
 from .errors import InputError
 from .frameworks import Framework, load_framework
 from .policies import roofline
-from .profiles import PARAMS_DIR, Hardware, Model, Workload
+from .profiles import Hardware, Model, Workload
 
 SECONDS_PER_HOUR = 3600.0
 QUEUE_MODEL = "M/D/c (Allen–Cunneen: Erlang-C wait × (1 + c_s²)/2, c_s = 0)"
@@ -74,10 +74,6 @@ class ServingData:
     def kw(self) -> dict[str, Any]:
         """Keyword arguments every roofline call of this framework takes."""
         return {"expert_imbalance": self.expert_imbalance, "framework": self.fw}
-
-
-def frameworks() -> list[str]:
-    return sorted(p.stem for p in (PARAMS_DIR / "framework").glob("*.yaml"))
 
 
 def load_serving(framework: str | Framework = "sglang") -> ServingData:
