@@ -62,8 +62,8 @@ MUTANTS: dict[str, tuple[str, str, str]] = {
     ),
     "all-reduce-ignores-ring-factor": (
         "moecalc/policies/roofline.py",
-        "t = 2.0 * (tp - 1.0) / tp * message / bw + dev.eff.all_reduce_latency",
-        "t = message / bw + dev.eff.all_reduce_latency",
+        "intra = 2.0 * (d - 1.0) / d * message / dev.scale_up_bandwidth",
+        "intra = message / dev.scale_up_bandwidth",
     ),
     "kv-cache-missing-rope-key": (
         "moecalc/counts.py",

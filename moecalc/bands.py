@@ -10,8 +10,12 @@ the model the kernels that pin it really ran. For entry E of hardware H (``band_
   (a rate: measured / model; a time: model / measured);
 * with at least ``min_points`` of them and a value measured on H, the spread is their
   ``low_percentile`` and ``high_percentile`` (numpy's linear interpolation);
+* a value TRANSFERRED from a GPU of the same die (``same_die`` in the rule: H800, H100 and
+  H200 are one GH100 die; B200 and GB200 one Blackwell die) carries the source GPU's spread
+  of that entry: the same kernels on the same silicon, so the source's residuals are the
+  evidence (recursively, if the source itself transferred it);
 * with fewer (a factor pinned by one point meets it by construction, so its residual says
-  nothing), or for a value TRANSFERRED from another GPU, the spread is the pooled one: the
+  nothing), or for a value TRANSFERRED from another die, the spread is the pooled one: the
   same percentiles over every kernel point of every GPU, lone pins left out;
 * every spread contains 1 (the point estimate) and is widened to at least ±``min_halfwidth_pct``
   (the rounding of published figures) and narrowed to at most ±``max_halfwidth_pct``.
@@ -29,6 +33,7 @@ two-batch overlap) moves at the mixed corners.
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from functools import lru_cache
 from typing import Callable, Mapping
@@ -36,7 +41,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from .errors import InputError
-from .profiles import EFFICIENCY_FIELDS, Hardware, read_yaml
+from .profiles import EFFICIENCY_FIELDS, Hardware, load_hardware, read_yaml
 
 # The entries that get a spread: rates (fractions of a datasheet figure) and floors (µs).
 SPREAD_FIELDS = tuple(n for n, (kind, _) in EFFICIENCY_FIELDS.items() if kind in ("fraction", "latency")
@@ -86,6 +91,21 @@ def pooled_records(records) -> list:
     return [r for r in records if r["pins"] is None or pins[(r["hardware"], r["pins"])] > 1]
 
 
+_TRANSFER = re.compile(r"\s*TRANSFERRED\s+from\s+([A-Za-z0-9-]+)", re.IGNORECASE)
+
+
+def transfer_source(source: str) -> str | None:
+    """The hardware key a TRANSFERRED entry names first ('TRANSFERRED from H800 (...)' → 'h800'),
+    None if the entry is not transferred or names no GPU."""
+    match = _TRANSFER.match(str(source))
+    return match.group(1).lower() if match else None
+
+
+def same_die(a: str, b: str, rule: Mapping) -> bool:
+    """Whether hardware keys `a` and `b` are one die under the rule's ``same_die`` groups."""
+    return any(a in group and b in group for group in rule.get("same_die") or ())
+
+
 def spreads(hw: Hardware) -> dict[str, tuple[float, float]]:
     """The spread of each entry of `hw`'s efficiency section (see the module docstring)."""
     rule, records = _calibration()
@@ -99,7 +119,10 @@ def spreads(hw: Hardware) -> dict[str, tuple[float, float]]:
         kernels = {r["kernel"] for r in own if r["pins"] == name}
         points = [r for r in own if r["pins"] == name or (r["pins"] is None and r["kernel"] in kernels)]
         transferred = str(entry.get("source", "")).lstrip().upper().startswith("TRANSFERRED")
-        if transferred or len(points) < rule["min_points"]:
+        src = transfer_source(entry.get("source", ""))
+        if transferred and src and src != hw.key and same_die(hw.key, src, rule):
+            out[name] = spreads(load_hardware(src)).get(name, pooled)
+        elif transferred or len(points) < rule["min_points"]:
             out[name] = pooled
         else:
             out[name] = percentile_spread([speed_ratio(r) for r in points], rule)

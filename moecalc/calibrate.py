@@ -14,7 +14,8 @@ the kernel model, not of the fit. System-level figures (systems.yaml) are never 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -250,3 +251,25 @@ def evaluate(points: list[KernelPoint] | None = None) -> list[dict[str, Any]]:
             "source": p.source,
         })
     return records
+
+
+def fit_fraction(points: list[KernelPoint], entry: str, hw=None, lo: float = 0.2, hi: float = 1.0) -> float:
+    """The value of the efficiency fraction `entry` of `hw` (default: the points' GPU) that
+    best fits `points` in the log-least-squares sense (the rule the profiles' fits state):
+    minimise Σ ln(model / measured)² by golden-section search over [lo, hi]. For sizing what
+    a different calibration set would give (e.g. only one layout's grouped-GEMM rows)."""
+    if not points:
+        raise InputError(f"no kernel points to fit '{entry}' to")
+    hw = hw or load_hardware(points[0].hardware)
+    model = load_model(MODEL)
+
+    def cost(x: float) -> float:
+        h = replace(hw, efficiency={**hw.efficiency, entry: {"value": x, "source": "fit"}})
+        return sum(math.log(model_value(p, h, model) / p.measured) ** 2 for p in points)
+
+    g = (math.sqrt(5.0) - 1.0) / 2.0
+    a, b = lo, hi
+    for _ in range(60):
+        c, d = b - g * (b - a), a + g * (b - a)
+        a, b = (a, d) if cost(c) < cost(d) else (c, b)
+    return 0.5 * (a + b)

@@ -26,6 +26,7 @@ from . import serving
 from .errors import InputError
 from .policies import roofline
 from .profiles import Hardware, Model, Workload
+from .search import check_size
 
 REASONS = ("prefill out of memory", "decode out of memory", "TPOT above the SLO", "TTFT above the SLO",
            "out of memory")  # the last for aggregated plans
@@ -34,6 +35,20 @@ CHUNKS = (2048, 4096, 8192, 16384)  # aggregated: prompt tokens per attention-DP
 BATCHES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512)
 TPS = (1, 2, 4, 8)
 UTILIZATION = np.linspace(0.02, 0.98, 49)  # prefill-pool loads tried against the TTFT SLO
+
+
+def option_bound(n: int, node: int) -> int:
+    """An upper bound on the largest option array a plan on `n` devices builds, computed
+    without building anything: per instance size G, (attention TP × grid × TBO) configs times
+    n // G instance counts, the grid being the prefill tokens × the load grid (the TTFT array)
+    or the aggregated batches × chunks, whichever is larger. Sizes are the divisors of a node
+    and the multiples k·node ≤ n, whose n // (k·node) sum to at most (n / node)(1 + ln(n / node))."""
+    per_config = len(TPS) * 2 * max(len(PREFILL_TOKENS) * len(UTILIZATION), len(BATCHES) * len(CHUNKS))
+    counts = sum(n // g for g in range(1, node + 1) if node % g == 0 and g <= n)
+    whole = n / node
+    if whole >= 2:
+        counts += whole * (1.0 + np.log(whole))
+    return int(min(counts * per_config, 2.0**62))
 
 
 def instance_sizes(m: Model, hw: Hardware, n: int, redundant: int) -> list[int]:
@@ -175,6 +190,8 @@ def plan(m: Model, hw: Hardware, wl: Workload, gpus: int, *, isl: int | None = N
         serving._check_positive(name, v)
     ttft_slo = ttft_ms / 1e3 if ttft_ms is not None else (wl.max_ttft_s or np.inf)
     tpot_slo = tpot_ms / 1e3 if tpot_ms is not None else (1.0 / wl.min_tokens_per_user if wl.min_tokens_per_user else np.inf)
+    check_size(option_bound(gpus, hw.scale_up_domain), f"a plan on {gpus:,} GPUs", "plan fewer --gpus (a part "
+               "of the cluster, then scale)", "pool options")  # before any array of that size exists
     sizes = instance_sizes(m, hw, gpus, sd.redundant_experts)
     if not sizes:
         raise InputError(f"no instance size up to {gpus} GPUs lets EP split {m.name}'s experts")

@@ -69,11 +69,13 @@ MAX_LAYOUTS = 20_000_000
 MACHINE = "this machine: 24 GiB of memory, 2 cores"
 
 
-def check_size(n: int, what: str = "search") -> None:
-    """Refuse a computation of `n` layouts before anything of that size is allocated."""
+def check_size(n: int, what: str = "search", hint: str = "narrow --batch, --devices, --tp or --moe-tp",
+               unit: str = "layouts") -> None:
+    """Refuse a computation of `n` layouts (or other array elements) before anything of that
+    size is allocated."""
     if n > MAX_LAYOUTS:
-        raise InputError(f"{what} of {n:,} layouts is too large: at most {MAX_LAYOUTS:,} fit in the memory and "
-                         f"time one run may take on {MACHINE}; narrow --batch, --devices, --tp or --moe-tp")
+        raise InputError(f"{what} of {n:,} {unit} is too large: at most {MAX_LAYOUTS:,} fit in the memory and "
+                         f"time one run may take on {MACHINE}; {hint}")
 
 
 def parse_batches(text: str) -> np.ndarray:

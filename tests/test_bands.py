@@ -54,6 +54,24 @@ def test_spread_rule_on_synthetic_records(monkeypatch):
     assert bands.spreads(b200)["gemm"] == pytest.approx(pooled)  # TRANSFERRED from H800
 
 
+def test_same_die_transfer_carries_the_source_spread(monkeypatch):
+    """H100's gemm is TRANSFERRED from H800 (same GH100 die): it takes H800's gemm spread, not the
+    pooled one; GB200's gemm comes from B200 (same die), whose gemm comes from H800 (another die):
+    pooled. The same records as above."""
+    recs = (_record("h800", "gemm", "gemm", 80), _record("h800", "gemm", "gemm", 100),
+            _record("h800", "gemm", "gemm", 110), _record("h800", "gemm", None, 120),
+            _record("h800", "mla_decode", "attention", 100))
+    rule = {**RULE, "same_die": [["h800", "h100", "h200"], ["b200", "gb200"]]}
+    monkeypatch.setattr(bands, "_calibration", lambda: (rule, recs))
+    assert bands.spreads(profiles.load_hardware("h100"))["gemm"] == pytest.approx((0.86, 1.17))
+    pooled = bands.percentile_spread([0.8, 1.0, 1.1, 1.2], RULE)
+    assert bands.spreads(profiles.load_hardware("gb200"))["gemm"] == pytest.approx(pooled)
+    assert bands.transfer_source("TRANSFERRED from H800 (fit to ...)") == "h800"
+    assert bands.transfer_source("TRANSFERRED from H800/H100 (FlashAttention-3)") == "h800"
+    assert bands.transfer_source("fit to DeepGEMM's rows") is None
+    assert bands.same_die("h100", "h800", rule) and not bands.same_die("h20", "h800", rule)
+
+
 def test_at_scales_fractions_and_floors():
     hw = profiles.load_hardware("h800")
     spread = {"gemm": (0.9, 1.1), "kernel_latency_us": (0.8, 1.25), "memory": (0.9, 1.2)}

@@ -211,7 +211,20 @@ BAD = {
     "slo-negative": (["plan", "--hardware", "h100", "--gpus", "96", "--tpot-ms", "-1"], "tpot-ms"),
     "no-feasible": (["plan", "--hardware", "h100", "--gpus", "96", "--tpot-ms", "1"], "binding constraint"),
     "framework": (["plan", "--hardware", "h100", "--gpus", "96", "--framework", "nope"], "unknown framework"),
+    # refused before anything is allocated (issue 10): 10^11 GPUs would need petabytes of options
+    "too-large": (["plan", "--hardware", "h100", "--gpus", "100000000000"], "too large"),
 }
+
+
+def test_plan_size_bound_by_hand():
+    from moecalc import plan
+
+    # 96 GPUs, 8 per node: divisors 1, 2, 4, 8 give 96 + 48 + 24 + 12 = 180 instance counts; the
+    # multiples 16..96 of 8 at most 12 × (1 + ln 12) more; each with 4 TPs × 2 schedules × max(3 prefill
+    # token counts × 49 loads, 19 batches × 4 chunks) = 8 × 147 configs
+    bound = plan.option_bound(96, 8)
+    assert bound == int((180 + 12 * (1 + math.log(12))) * 8 * 147)
+    assert plan.option_bound(10**11, 8) > 20_000_000 > plan.option_bound(96, 8)
 
 
 @pytest.mark.parametrize("name", sorted(BAD))

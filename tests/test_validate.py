@@ -117,6 +117,23 @@ def test_kernel_record_by_hand():
     assert r["error_pct"] == pytest.approx((flops / t / 1e12 / r["measured"] - 1) * 100, rel=1e-9)
 
 
+def test_fit_fraction_by_hand():
+    """One compute-bound point pins a fraction: DeepGEMM's contiguous grouped GEMM, 4 groups of
+    8,192 × 4,096 × 7,168 at 1,297 TFLOPS on H800. By hand: 2·4·8192·4096·7168 FLOPs take
+    FLOPs / 1,297e12 s; less the BF16 output written after the loop (4·8192·4096·2 B at
+    3,350 GB/s × memory efficiency) and the kernel floor, the rest is the main loop at
+    1,979 TFLOPS × x (the reads, 4·(8192 + 4096)·7168 B, take less)."""
+    p = next(p for p in calibrate.load_points() if p.id == "deepgemm-contiguous-g4-m8192-n4096-k7168")
+    e = {k: v["value"] for k, v in profiles.load_hardware("h800").efficiency.items()}
+    flops = 2 * 4 * 8192 * 4096 * 7168
+    bw = 3350e9 * e["memory"]
+    loop = flops / 1297e12 - 4 * 8192 * 4096 * 2 / bw - e["kernel_latency_us"] * 1e-6
+    assert 4 * (8192 + 4096) * 7168 / bw < loop
+    assert calibrate.fit_fraction([p], "grouped_gemm") == pytest.approx(flops / loop / 1979e12, rel=1e-4)
+    with pytest.raises(InputError):
+        calibrate.fit_fraction([], "grouped_gemm")
+
+
 def test_kernel_points_file_is_checked(tmp_path):
     bad = tmp_path / "k.yaml"
     bad.write_text("points:\n  - id: x\n    hardware: h800\n    kernel: warp_drive\n    conditions: {}\n"
