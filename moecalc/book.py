@@ -161,11 +161,11 @@ def has_fields(data: Mapping[str, Any], fields: Iterable[str]) -> bool:
     return True
 
 
-def read_profile(params_dir: Path, stem: str) -> dict[str, Any]:
+def read_profile(params_dir: Path, stem: str, kind: str = "hardware") -> dict[str, Any]:
     import yaml
 
     try:
-        data = yaml.safe_load((params_dir / "hardware" / f"{stem}.yaml").read_text(encoding="utf-8"))
+        data = yaml.safe_load((params_dir / kind / f"{stem}.yaml").read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -464,6 +464,9 @@ def execute(job: Job, common: str, failed_dir: Path, root: Path = ROOT) -> Resul
     if job.chapter.per == "hardware":  # "H20 · Decode": the title says which GPU the page is about
         name = read_profile(root / "params", job.profile).get("name") or job.profile
         retitle(source, name)
+    elif job.chapter.per == "model":  # "DeepSeek-V3 · Model anatomy": one page per model, told apart in the sidebar
+        stem = job.parameters["model"]
+        retitle(source, read_profile(root / "params", stem, "model").get("name") or stem)
     source.cells.append(nbformat.v4.new_code_cell(READS_CELL))
     scratch = failed_dir / job.profile / job.output.name  # papermill's own copy: kept only if the run fails
     scratch.parent.mkdir(parents=True, exist_ok=True)

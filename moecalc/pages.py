@@ -343,6 +343,16 @@ def efficiency_note(hw: Any) -> str:
             "systems exist).")
 
 
+BAND_NOTE = ("In brackets: the error band, the figure with every efficiency of the profile at the slow and at the "
+             "fast end of its calibration spread (chapter \"Validation\").")
+
+
+def banded(value: float, low: float, high: float, fmt: str = ",.0f") -> str:
+    """``524, 470, 560`` → ``"524 (470–560)"``: a key result with its error band (the figure at
+    the slow and fast ends of the calibration spread, :func:`moecalc.bands.band`)."""
+    return f"{value:{fmt}} ({min(low, value):{fmt}}–{max(high, value):{fmt}})"
+
+
 def fmt_si(value: float, unit: str, digits: int = 3) -> str:
     """``1.234e9, "B"`` → ``"1.23 GB"``: decimal (SI) prefixes only, never binary ones."""
     for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
