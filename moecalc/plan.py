@@ -97,7 +97,7 @@ def _prefill_options(m, hw, wl, n, isl, hit, ttft_slo, sizes, sd):
                 "tps_dev": p.input_tokens_per_s_per_device}
 
     ev = _by_redundancy(m, G, sd, run)
-    nbytes = float(serving.kv_transfer_bytes(m, isl, serving.kv_format(wl)))
+    nbytes = float(serving.kv_transfer_bytes(m, isl, serving.kv_format(wl, m)))
     bw = serving.nic_bandwidth(hw) * sd.nics
     t_kv = serving.kv_transfer_time(nbytes, bw, bw, sd.setup, ev["forward"], m.num_hidden_layers, sd.layerwise)
     # options: config × instance count

@@ -147,10 +147,15 @@ def batch_wait(rho, forward):
 # ---------------------------------------------------------------- KV transfer
 
 
-def kv_format(wl: Workload) -> str:
-    """The cache format a workload's KV dtype means in serving: FP8 is FlashMLA's layout with
-    its scales; BF16 the reference one."""
-    return "fp8+scales" if wl.kv_dtype == "fp8" else "bf16"
+def kv_format(wl: Workload, m: Model) -> str:
+    """The cache format a workload's KV dtype means in serving, as the KV-cache chapter reads
+    the frameworks' code: FP8 for dense MLA is 576 B per token and layer with one per-tensor
+    scale (SGLang 0.5.23 `MLATokenToKVPool`, TensorRT-LLM, vLLM 0.33.0 `fp8`); for DeepSeek
+    Sparse Attention it is FlashMLA's sparse layout with per-128 scales, 656 B (vLLM 0.33.0
+    `fp8_ds_mla`); BF16 the reference one."""
+    if wl.kv_dtype != "fp8":
+        return "bf16"
+    return "fp8+scales" if m.sparse else "fp8"
 
 
 def kv_transfer_bytes(m: Model, prompt_len, kv_fmt: str = "bf16"):
@@ -357,7 +362,7 @@ def serve_disagg(m: Model, hw: Hardware, wl: Workload, prefill: Mapping[str, int
                          f"{isl + osl / 2:,g}")
     mu, forward = float(pp.service_rate), float(pp.forward)
     cap_p, cap_d = n_p * mu, n_d * float(dp_.capacity)
-    nbytes = float(kv_transfer_bytes(m, isl, kv_format(wl)))
+    nbytes = float(kv_transfer_bytes(m, isl, kv_format(wl, m)))
     bw = nic_bandwidth(hw) * sd.nics
     t_kv = float(kv_transfer_time(nbytes, bw, bw, sd.setup, forward, m.num_hidden_layers, sd.layerwise))
     tpot = float(dp_.tpot)
@@ -412,7 +417,7 @@ def serve_disagg(m: Model, hw: Hardware, wl: Workload, prefill: Mapping[str, int
         "prefill_forward_ms": forward * 1e3,
         "kv_transfer_ms": t_kv * 1e3,
         "kv_transfer_bytes": nbytes,
-        "kv_format": kv_format(wl),
+        "kv_format": kv_format(wl, m),
         "nic_load_prefill": lam * nbytes / (gp * nic_bandwidth(hw)),
         "nic_load_decode": lam * nbytes / (gd * nic_bandwidth(hw)),
         "tpot_ms": tpot_run * 1e3,

@@ -62,6 +62,21 @@ def test_kv_transfer_bytes_by_hand(ctx):
     assert serving.kv_transfer_bytes(m, 2000, "fp8+scales") == 2000 * 656 * 61
 
 
+def test_kv_format_the_frameworks_store(ctx):
+    from dataclasses import replace
+
+    m, _, wl, _ = ctx
+    v32 = profiles.load_model("deepseek-v3.2")
+    fp8, bf16 = replace(wl, kv_dtype="fp8"), replace(wl, kv_dtype="bf16")
+    # dense MLA in FP8: SGLang/TensorRT-LLM/vLLM store 576 B per token and layer (one per-tensor scale)
+    assert serving.kv_format(fp8, m) == "fp8"
+    assert serving.kv_transfer_bytes(m, 1000, serving.kv_format(fp8, m)) == 1000 * 576 * 61
+    # V3.2's sparse kernels read FlashMLA's 656 B layout, plus the indexer's 128 B FP8 key and 4 B scale
+    assert serving.kv_format(fp8, v32) == "fp8+scales"
+    assert serving.kv_transfer_bytes(v32, 1000, serving.kv_format(fp8, v32)) == 1000 * (656 + 132) * 61
+    assert serving.kv_format(bf16, m) == serving.kv_format(bf16, v32) == "bf16"
+
+
 def test_kv_transfer_time_by_hand(ctx):
     m, hw, _, sd = ctx
     bw = serving.nic_bandwidth(hw)
