@@ -180,6 +180,7 @@ def emit_plan(framework: str, m, hw, data: dict[str, Any]) -> dict[str, Any]:
 def register(sub, command) -> None:
     """Add ``launch`` (with its ``parse`` subcommand) to the CLI's subparsers."""
     from . import launch
+    from .cli import _at_least_one, positive_int  # the strict parsers every option uses
 
     p = sub.add_parser("launch", help="read a serving framework's launch command: layout, limits, memory, estimate",
                        description="read a serving framework's launch command")
@@ -195,9 +196,9 @@ def register(sub, command) -> None:
     q.add_argument("--model", help="model profile (default: the one the command's model path names)")
     q.add_argument("--hardware", help="hardware profile: adds the memory check and the estimate")
     q.add_argument("--workload", default="seed-003", help="workload profile for KV length and prompt length")
-    q.add_argument("--kv-len", type=int, help="decode KV length (default: the workload's average)")
-    q.add_argument("--prompt-len", type=int, help="prefill prompt length (default: the workload's)")
-    q.add_argument("--mtp-accept", type=float, default=1.0,
+    q.add_argument("--kv-len", type=positive_int, help="decode KV length (default: the workload's average)")
+    q.add_argument("--prompt-len", type=positive_int, help="prefill prompt length (default: the workload's)")
+    q.add_argument("--mtp-accept", type=_at_least_one, default=1.0,
                    help="accepted tokens per step with speculative decoding (default 1: no gain assumed)")
     q.add_argument("--file", help="read the command from this file (shell text: continuations, exports)")
     q.add_argument("command", nargs=argparse.REMAINDER, help="the launch command, after --")

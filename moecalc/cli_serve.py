@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import math
 from typing import Any
 
+from . import checks
 from .errors import InputError
 
 SPEC_FIELDS = {"tp", "dp", "ep", "moe_tp", "instances", "batch", "tokens", "tbo", "mtp"}
@@ -21,35 +21,19 @@ def parse_spec(text: str, what: str) -> dict[str, Any]:
             raise InputError(f"--{what}: field {key or part!r} is not one of {', '.join(sorted(SPEC_FIELDS))} "
                              f"(expected e.g. tp=1,dp=32,ep=32,instances=4)")
         if key == "mtp":
-            try:
-                v = float(value)
-            except ValueError:
-                raise InputError(f"--{what}: field 'mtp' must be accepted tokens per step (1 to 2), got {value!r}") from None
-            if not math.isfinite(v) or not 1.0 <= v <= 2.0:
+            v = checks.parse_number(value.strip(), f"--{what}: field 'mtp'")
+            if not 1.0 <= v <= 2.0:
                 raise InputError(f"--{what}: field 'mtp' must be accepted tokens per step (1 to 2), got {value!r}")
             out[key] = v
             continue
         if key == "tbo" and value.strip().lower() in ("on", "off", "true", "false", "0", "1"):
             out[key] = value.strip().lower() in ("on", "true", "1")
             continue
-        try:
-            v = int(value)
-        except ValueError:
-            raise InputError(f"--{what}: field {key!r} must be a positive integer, got {value!r}") from None
-        if v <= 0 or v > 2**31:
-            raise InputError(f"--{what}: field {key!r} must be a positive integer, got {value!r}")
+        v = checks.parse_count(value.strip(), f"--{what}: field {key!r}")  # ASCII digits, as every option
+        if v > 2**31:
+            raise InputError(f"--{what}: field {key!r} must be at most {2**31:,}, got {value!r}")
         out[key] = v
     return out
-
-
-def _finite_positive(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
-    if not math.isfinite(v) or v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
-    return v
 
 
 def _framework(args):
@@ -158,7 +142,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def register(sub, command) -> None:
     """Add ``serve`` and ``plan`` to the CLI; `command(name, run, help)` makes a subparser."""
-    from .cli import positive_int
+    from .cli import positive_float, positive_int
 
     def common(p):
         p.add_argument("--hardware", required=True, help="hardware profile name or YAML path")
@@ -177,8 +161,8 @@ def register(sub, command) -> None:
     p.add_argument("--mode", required=True, choices=["agg", "disagg"])
     p.add_argument("--prefill", help="disagg: prefill spec tp=,dp=,ep=,moe_tp=,instances=,tokens= (per GPU per forward),tbo=")
     p.add_argument("--decode", help="disagg: decode spec tp=,dp=,ep=,moe_tp=,instances=,batch= (per rank),tbo=,mtp=")
-    p.add_argument("--arrival-rate", type=_finite_positive, help="requests per second (disagg)")
-    p.add_argument("--concurrency", type=_finite_positive, help="requests in flight (both modes)")
+    p.add_argument("--arrival-rate", type=positive_float, help="requests per second (disagg)")
+    p.add_argument("--concurrency", type=positive_float, help="requests in flight (both modes)")
     p.add_argument("--gpus", type=positive_int, help="GPUs available: the instances must fit")
     p.add_argument("--tp", type=positive_int, default=1, help="agg: attention TP")
     p.add_argument("--dp", type=positive_int, help="agg: attention DP")
@@ -194,8 +178,8 @@ def register(sub, command) -> None:
     p = command("plan", cmd_plan, "every aggregated and disaggregated plan on N GPUs for a workload, by goodput")
     common(p)
     p.add_argument("--gpus", type=positive_int, required=True, help="GPUs in the cluster")
-    p.add_argument("--ttft-ms", type=_finite_positive, help="TTFT SLO in ms (default: the workload's)")
-    p.add_argument("--tpot-ms", type=_finite_positive, help="TPOT SLO in ms (default: 1000 / the workload's tokens/s per user)")
+    p.add_argument("--ttft-ms", type=positive_float, help="TTFT SLO in ms (default: the workload's)")
+    p.add_argument("--tpot-ms", type=positive_float, help="TPOT SLO in ms (default: 1000 / the workload's tokens/s per user)")
     p.add_argument("--top", type=positive_int, default=10, help="plans listed per mode (default 10)")
     p.add_argument("--emit", choices=["sglang", "vllm"],
                    help="also print the launch commands of the best plan's pools (prefill, decode; aggregated)")
@@ -208,7 +192,9 @@ def _hit(text: str) -> float:
 
 
 def _mtp(text: str) -> float:
-    v = _finite_positive(text)
+    from .cli import positive_float
+
+    v = positive_float(text)
     if not 1.0 <= v <= 2.0:
         raise argparse.ArgumentTypeError(f"must be between 1 and 2, got {text!r}")
     return v

@@ -137,6 +137,18 @@ def test_bad_commands_are_one_line(argv, needle):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and needle in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("option, value", [("--kv-len", "-5"), ("--kv-len", "1_000"), ("--prompt-len", "0"),
+                                           ("--mtp-accept", "nan"), ("--mtp-accept", "0.5")])
+def test_launch_options_parse_strictly(option, value, capsys):
+    """launch parse's own options go through the same strict parsers as every other command."""
+    from moecalc import cli
+
+    argv = ["launch", "parse", "--framework", "sglang", option, value, "--", "--model-path", "deepseek-v3"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"argument {option}:" in err[0]
+
+
 def test_vllm_layout_rules():
     m = profiles.load_model("deepseek-r1")
     L = launch.parse("vllm", "vllm serve deepseek-ai/DeepSeek-R1 -tp 8 -dp 4 --enable-expert-parallel --max-num-seqs 64", m)

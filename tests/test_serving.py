@@ -233,6 +233,10 @@ BAD = {
     "rate-zero": (DIS + ["--prefill", OK_P, "--decode", OK_D, "--arrival-rate", "0"], "arrival-rate"),
     "rate-inf": (DIS + ["--prefill", OK_P, "--decode", OK_D, "--arrival-rate", "inf"], "arrival-rate"),
     "concurrency-nan": (DIS + ["--prefill", OK_P, "--decode", OK_D, "--concurrency", "nan"], "concurrency"),
+    # ASCII digits only, as every other option (issue 10): no sign, no digit separators, no NaN
+    "spec-sign": (DIS + ["--prefill", "tp=+1,dp=32,ep=32,instances=1", "--decode", OK_D], "field 'tp'"),
+    "spec-mtp-nan": (DIS + ["--prefill", OK_P, "--decode", OK_D + ",mtp=nan"], "field 'mtp'"),
+    "concurrency-separator": (DIS + ["--prefill", OK_P, "--decode", OK_D, "--concurrency", "1_024"], "concurrency"),
     "isl-zero": (DIS + ["--prefill", OK_P, "--decode", OK_D, "--isl", "0"], "isl"),
     "osl-negative": (DIS + ["--prefill", OK_P, "--decode", OK_D, "--osl", "-5"], "osl"),
     "not-fitting": (DIS + ["--prefill", "tp=1,dp=32,ep=32,instances=3", "--decode", OK_D, "--gpus", "96"],
