@@ -71,17 +71,21 @@ def _kind_of_annotation(text: str) -> str:
     return "str"
 
 
-def sglang_flags(source: str) -> dict[str, dict]:
-    tree = ast.parse(source)
-    lists = _module_lists(tree)
-    flags: dict[str, dict] = {}
+def _add_argument_calls(tree: ast.AST):
+    """Every ``….add_argument("--flag", …)`` call: (the call, its option names, its keywords)."""
     for node in ast.walk(tree):
         if not (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument"):
             continue
         names = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
-        if not names or not names[0].startswith("-"):
-            continue
-        kw = {k.arg: k.value for k in node.keywords if k.arg}
+        if names and names[0].startswith("-"):
+            yield node, names, {k.arg: k.value for k in node.keywords if k.arg}
+
+
+def sglang_flags(source: str) -> dict[str, dict]:
+    tree = ast.parse(source)
+    lists = _module_lists(tree)
+    flags: dict[str, dict] = {}
+    for node, names, kw in _add_argument_calls(tree):
         action = _literal(kw["action"]) if "action" in kw else None
         action_name = ast.unparse(kw["action"]) if "action" in kw else ""
         if action in ("store_true", "store_false") or action_name == "DeprecatedStoreTrueAction":
@@ -173,13 +177,7 @@ def vllm_flags(engine_source: str, frontend_source: str) -> dict[str, dict]:
     flags.update(sglang_flags(frontend_source))
     tree = ast.parse(engine_source)
     fields = _class_annotations(tree, "EngineArgs")
-    for node in ast.walk(tree):
-        if not (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument"):
-            continue
-        names = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
-        if not names or not names[0].startswith("-"):
-            continue
-        kw = {k.arg: k.value for k in node.keywords if k.arg}
+    for node, names, kw in _add_argument_calls(tree):
         kind = None
         if "type" in kw:
             kind = _kind_of_type(kw["type"])
