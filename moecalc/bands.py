@@ -49,7 +49,7 @@ SPREAD_FIELDS = tuple(n for n, (kind, _) in EFFICIENCY_FIELDS.items() if kind in
 
 Spread = Mapping[str, tuple[float, float]]
 # The two groups whose errors are taken as independent of each other (see the docstring).
-COMMUNICATION = ("scale_up", "scale_out", "all_reduce_latency_us", "dispatch_latency_us")
+COMMUNICATION = ("scale_up", "scale_out", "scale_out_normal", "all_reduce_latency_us", "dispatch_latency_us")
 
 
 @lru_cache(maxsize=1)
@@ -110,12 +110,15 @@ def spreads(hw: Hardware) -> dict[str, tuple[float, float]]:
     """The spread of each entry of `hw`'s efficiency section (see the module docstring)."""
     rule, records = _calibration()
     pooled = percentile_spread([speed_ratio(r) for r in pooled_records(records)], rule)
-    own = [r for r in records if r["hardware"] == hw.key]
+    # an entry of an earlier kernel period (profiles.at_period) is judged by that period's points
+    period_entries = set(hw.kernel_periods.get(hw.period, {})) if hw.period else set()
     out = {}
     for name in SPREAD_FIELDS:
         entry = (hw.efficiency or {}).get(name)
         if not entry:
             continue
+        period = hw.period if name in period_entries else None
+        own = [r for r in records if r["hardware"] == hw.key and r.get("period") == period]
         kernels = {r["kernel"] for r in own if r["pins"] == name}
         points = [r for r in own if r["pins"] == name or (r["pins"] is None and r["kernel"] in kernels)]
         transferred = str(entry.get("source", "")).lstrip().upper().startswith("TRANSFERRED")

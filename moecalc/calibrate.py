@@ -25,7 +25,7 @@ from .checks import MAX_COUNT
 from .counts import KV_FORMATS
 from .units import DTYPE_BYTES
 from .errors import InputError
-from .profiles import EFFICIENCY_FIELDS, PARAMS_DIR, load_hardware, load_model, read_yaml
+from .profiles import EFFICIENCY_FIELDS, PARAMS_DIR, at_period, load_hardware, load_model, read_yaml
 from .policies import roofline as rl
 
 KERNELS_FILE = PARAMS_DIR / "measurements" / "kernels.yaml"
@@ -53,6 +53,7 @@ class KernelPoint:
     tolerance_pct: float
     source: str
     pins: str | None = None
+    period: str | None = None  # an earlier kernel release's figure (the profile's kernel_periods)
 
 
 def load_points(path: Path | None = None) -> list[KernelPoint]:
@@ -70,7 +71,7 @@ def load_points(path: Path | None = None) -> list[KernelPoint]:
         for key in _REQUIRED:
             if key not in p:
                 raise InputError(f"{where}: field '{key}': missing")
-        unknown = set(p) - set(_REQUIRED) - {"pins"}
+        unknown = set(p) - set(_REQUIRED) - {"pins", "period"}
         if unknown:
             raise InputError(f"{where}: field '{sorted(unknown)[0]}': unknown key")
         if p["id"] in seen:
@@ -99,7 +100,8 @@ def load_points(path: Path | None = None) -> list[KernelPoint]:
             raise InputError(f"{where}: field 'conditions.kv_dtype': unknown dtype {p['conditions']['kv_dtype']!r}")
         out.append(KernelPoint(id=p["id"], hardware=p["hardware"], kernel=p["kernel"], conditions=p["conditions"],
                                metric=p["metric"], measured=float(p["measured"]),
-                               tolerance_pct=float(p["tolerance_pct"]), source=p["source"], pins=p.get("pins")))
+                               tolerance_pct=float(p["tolerance_pct"]), source=p["source"], pins=p.get("pins"),
+                               period=None if p.get("period") is None else str(p["period"])))
     return out
 
 
@@ -196,7 +198,7 @@ def _overhead(point: KernelPoint, dev: rl.Device) -> float:
 
 def model_value(point: KernelPoint, hw=None, model=None) -> float:
     """The roofline model's figure for `point`, in the point's metric."""
-    hw = hw or load_hardware(point.hardware)
+    hw = hw or at_period(load_hardware(point.hardware), point.period)
     model = model or load_model(MODEL)
     dev = rl.device(hw, weight_dtype="fp8")
     kind = point.kernel
@@ -233,7 +235,7 @@ def evaluate(points: list[KernelPoint] | None = None) -> list[dict[str, Any]]:
     records = []
     for p in points:
         hw = hardware.get(p.hardware) or hardware.setdefault(p.hardware, load_hardware(p.hardware))
-        value = model_value(p, hw, model)
+        value = model_value(p, at_period(hw, p.period), model)
         # for a time, a model that is too slow has a positive error; for a rate, too fast
         error = (value - p.measured) / p.measured * 100.0
         records.append({
@@ -248,6 +250,7 @@ def evaluate(points: list[KernelPoint] | None = None) -> list[dict[str, Any]]:
             "tolerance_pct": p.tolerance_pct,
             "within": abs(error) <= p.tolerance_pct,
             "pins": p.pins,
+            "period": p.period,
             "source": p.source,
         })
     return records
@@ -260,7 +263,7 @@ def fit_fraction(points: list[KernelPoint], entry: str, hw=None, lo: float = 0.2
     a different calibration set would give (e.g. only one layout's grouped-GEMM rows)."""
     if not points:
         raise InputError(f"no kernel points to fit '{entry}' to")
-    hw = hw or load_hardware(points[0].hardware)
+    hw = hw or at_period(load_hardware(points[0].hardware), points[0].period)
     model = load_model(MODEL)
 
     def cost(x: float) -> float:

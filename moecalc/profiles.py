@@ -8,6 +8,7 @@ first problem raises one :class:`InputError` line that names the file and the fi
 from __future__ import annotations
 
 import math
+import re
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -246,6 +247,7 @@ EFFICIENCY_FIELDS: dict[str, tuple[str, str]] = {
     "memory": ("fraction", "achievable HBM bandwidth, of the datasheet"),
     "scale_up": ("fraction", "achievable scale-up (NVLink) bandwidth, of the datasheet per direction"),
     "scale_out": ("fraction", "achievable scale-out (RDMA) bandwidth, of the datasheet"),
+    "scale_out_normal": ("fraction", "scale-out (RDMA) bandwidth of the prefill (DeepEP normal) all-to-all, of the datasheet"),
     "kernel_latency_us": ("latency", "fixed cost of one kernel (launch, tail), µs"),
     "all_reduce_latency_us": ("latency", "fixed cost of one TP all-reduce, µs"),
     "dispatch_latency_us": ("latency", "fixed cost of one low-latency dispatch or combine, µs"),
@@ -271,6 +273,7 @@ EFFICIENCY_OPTIONAL = {
     "attention_sparse": "the dense MLA decode `attention` fraction (transferred)",
     "attention_sparse_prefill": "the dense `attention_prefill` fraction (transferred)",
     "indexer": "the dense `gemm` fraction (transferred)",
+    "scale_out_normal": "the `scale_out` fraction",
 }
 _EFFICIENCY_ENTRY = {
     "fraction": Spec("map", children={"value": Spec("fraction", upper=1), "source": Spec("str")}),
@@ -285,6 +288,13 @@ EFFICIENCY_SPEC = Spec(
         for name, (kind, _) in EFFICIENCY_FIELDS.items()
     },
 )
+
+# A kernel period ("2025-02"): what it was, and the efficiency entries whose values differed then.
+PERIOD_KEY = re.compile(r"\d{4}-\d{2}")
+PERIOD_SPEC = Spec("map", children={
+    "description": Spec("str"),
+    **{name: replace(_EFFICIENCY_ENTRY[kind], required=False) for name, (kind, _) in EFFICIENCY_FIELDS.items()},
+})
 
 HARDWARE_SPEC = Spec(
     "map",
@@ -301,6 +311,9 @@ HARDWARE_SPEC = Spec(
         "compute_units": Spec("int"),
         "sources": Spec("strings"),
         "efficiency": EFFICIENCY_SPEC,
+        # Optional: efficiencies of earlier kernel releases, for measurements taken with them.
+        "kernel_periods": Spec("map", required=False, any_keys=lambda k: bool(PERIOD_KEY.fullmatch(k)),
+                               children={"*": PERIOD_SPEC}),
         # Optional, at the end of a profile: cost and power per device, for $/Mtok and tokens/J.
         "price": Spec("map", required=False, children={
             "usd_per_gpu_hour": Spec("number"), "source": Spec("str"), "date": Spec("str")}),
@@ -329,6 +342,8 @@ class Hardware:
     price: Mapping[str, Any] | None = None  # {usd_per_gpu_hour, source, date}, or None: cost unavailable
     power: Mapping[str, Any] | None = None  # {watts, source} (datasheet board power), or None
     memory_reported: float | None = None  # bytes the device reports (nvidia-smi memory.total), if known
+    kernel_periods: Mapping[str, Any] = field(default_factory=dict)  # "2025-02" → {description, entries}
+    period: str | None = None  # the kernel period whose entries `efficiency` holds (at_period), None: current
 
     @property
     def memory_device_bytes(self) -> float:
@@ -362,10 +377,24 @@ def load_hardware(name_or_path: str | os.PathLike[str]) -> Hardware:
         scale_out_bandwidth=d["scale_out_bandwidth_gb_s"],
         compute_units=d["compute_units"],
         sources=d["sources"],
-        efficiency=d["efficiency"] or {},
+        efficiency={k: v for k, v in (d["efficiency"] or {}).items() if v is not None},  # absent: not listed
         price=d.get("price"),
         power=d.get("power"),
+        kernel_periods={period: {k: v for k, v in entries.items() if v is not None}
+                        for period, entries in (d.get("kernel_periods") or {}).items()},
     )
+
+
+def at_period(hw: Hardware, period: str | None) -> Hardware:
+    """`hw` with the efficiency entries its profile gives for an earlier kernel period
+    (``kernel_periods``) in place of the current ones; `hw` itself for None."""
+    if period is None:
+        return hw
+    if period not in hw.kernel_periods:
+        have = ", ".join(hw.kernel_periods) or "none"
+        raise InputError(f"{hw.path}: no kernel period {period!r} in field 'kernel_periods' (has: {have})")
+    entries = {k: v for k, v in hw.kernel_periods[period].items() if k != "description"}
+    return replace(hw, efficiency={**hw.efficiency, **entries}, period=period)
 
 
 # ---------------------------------------------------------------- model

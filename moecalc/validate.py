@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping
 from . import bands
 from .errors import InputError
 from .frameworks import load_framework
-from .profiles import PARAMS_DIR, Hardware, Model, Workload, load_hardware, load_model, read_yaml
+from .profiles import PARAMS_DIR, Hardware, Model, Workload, at_period, load_hardware, load_model, read_yaml
 from .policies import roofline as rl
 from .units import DTYPE_BYTES
 
@@ -40,8 +40,9 @@ _COMMON = ("id", "source", "setup", "phase", "hardware", "layout", "dtypes", "de
            "tolerance_pct", "attribution")
 _PHASE_FIELDS = {"decode": ("kv_len", "mtp_accept"), "prefill": ("tokens_per_gpu", "prompt_len", "kv_cache_hit_rate")}
 # Optional: decode's MTP draft tokens per step (default 1); the serving framework's profile
-# (params/framework/; default SGLang).
-_OPTIONAL = {"decode": ("mtp_draft", "framework"), "prefill": ("framework",)}
+# (params/framework/; default SGLang); the kernel period the system ran (the hardware
+# profile's kernel_periods, e.g. "2025-02"; default: the current kernels).
+_OPTIONAL = {"decode": ("mtp_draft", "framework", "kernels"), "prefill": ("framework", "kernels")}
 _LAYOUT = {"decode": ("tp", "dp", "moe_tp", "ep", "batch", "tbo"), "prefill": ("tp", "dp", "moe_tp", "ep", "tbo")}
 _DTYPES = ("weight", "kv", "dispatch", "combine")
 _DTYPES_OPTIONAL = ("expert",)  # routed experts' weight dtype, default: weight
@@ -65,6 +66,7 @@ class SystemPoint:
     conditions: Mapping[str, float]  # kv_len, mtp_accept (decode) or tokens_per_gpu, prompt_len, kv_cache_hit_rate
     mtp_draft: int = 1
     framework: str = "sglang"
+    kernels: str | None = None  # kernel period (profiles.at_period), None: current
 
 
 def _number(where: str, key: str, value: Any, lower: float = 0.0, strict: bool = True) -> float:
@@ -133,6 +135,11 @@ def load_points(path: Path | None = None) -> list[SystemPoint]:
         for key in ("source", "setup", "attribution"):
             if not isinstance(p[key], str):
                 raise InputError(f"{where}: field '{key}': must be text")
+        kernels = p.get("kernels")
+        if kernels is not None:
+            if not isinstance(kernels, str):
+                raise InputError(f"{where}: field 'kernels': must be a kernel period such as \"2025-02\", got {kernels!r}")
+            at_period(load_hardware(p["hardware"]), kernels)  # one error line if the profile lacks it
         draft = p.get("mtp_draft", 1)
         if isinstance(draft, bool) or not isinstance(draft, int) or draft < 1:
             raise InputError(f"{where}: field 'mtp_draft': must be a whole number ≥ 1, got {draft!r}")
@@ -142,7 +149,7 @@ def load_points(path: Path | None = None) -> list[SystemPoint]:
             published=_number(where, "published", p["published"]),
             tolerance_pct=_number(where, "tolerance_pct", p["tolerance_pct"]),
             attribution=p["attribution"].strip(), conditions=conditions, mtp_draft=draft,
-            framework=_framework_name(where, p.get("framework", "sglang")),
+            framework=_framework_name(where, p.get("framework", "sglang")), kernels=kernels,
         ))
     return out
 
@@ -204,6 +211,7 @@ def validate(points: list[SystemPoint] | None = None) -> list[dict[str, Any]]:
     records = []
     for p in points:
         hw = hardware.get(p.hardware) or hardware.setdefault(p.hardware, load_hardware(p.hardware))
+        hw = at_period(hw, p.kernels)
         computed = compute(p, m, hw)
         low, high = bands.band(lambda h: compute(p, m, h), hw)
         low, high = min(low, computed), max(high, computed)  # a ratio of two runs can move by rounding only
@@ -225,6 +233,7 @@ def validate(points: list[SystemPoint] | None = None) -> list[dict[str, Any]]:
             "hardware": hw.name,
             "phase": p.phase,
             "framework": p.framework,
+            "kernels": p.kernels or "current",
         })
     return records
 
@@ -236,7 +245,7 @@ def imbalance_for_ratio(point: SystemPoint, ratio: float, m: Model | None = None
     if not 0.0 < ratio <= 1.0:
         raise InputError(f"a throughput ratio from imbalance must be in (0, 1], got {ratio}")
     m = m or load_model(MODEL)
-    hw = hw or load_hardware(point.hardware)
+    hw = hw or at_period(load_hardware(point.hardware), point.kernels)
     f: Callable[[float], float] = lambda x: compute(point, m, hw, x)  # noqa: E731
     balanced = f(1.0)
     lo, hi = 1.0, upper

@@ -73,6 +73,7 @@ class Efficiency:
     attention_sparse: float = 0.0
     attention_sparse_prefill: float = 0.0
     indexer: float = 0.0
+    scale_out_normal: float = 0.0  # the prefill (DeepEP normal) all-to-all's share of the RDMA link
 
 
 # What an optional entry means when a profile leaves it out (see profiles.EFFICIENCY_OPTIONAL).
@@ -82,7 +83,7 @@ _ABSENT = {"comm_sms": 0, "mma_tile_rows": 1, "launch_gap_us": 0.0, "all_reduce_
            "all_reduce_latency_internode_us": 0.0, "compute_memory_overlap": 1.0}
 # Optional entries that default to another entry of the same profile (transferred from dense).
 _TRANSFERRED = {"attention_prefill": "attention", "attention_sparse": "attention",
-                "attention_sparse_prefill": "attention_prefill", "indexer": "gemm"}
+                "attention_sparse_prefill": "attention_prefill", "indexer": "gemm", "scale_out_normal": "scale_out"}
 
 
 def efficiency(hw: Hardware) -> Efficiency:
@@ -119,6 +120,7 @@ def efficiency(hw: Hardware) -> Efficiency:
         attention_sparse=value("attention_sparse"),
         attention_sparse_prefill=value("attention_sparse_prefill"),
         indexer=value("indexer"),
+        scale_out_normal=value("scale_out_normal"),
         sources={k: v["source"] for k, v in e.items() if v},
     )
 
@@ -140,6 +142,7 @@ class Device:
     scale_up_domain: int
     compute_units: int
     eff: Efficiency
+    scale_out_normal_bandwidth: float  # the prefill (DeepEP normal) all-to-all's RDMA rate
     expert_flops: float | None = None  # routed-expert grouped GEMMs at the expert dtype's peak; None: grouped_flops
 
     @property
@@ -163,6 +166,7 @@ class Device:
             scale_up_domain=self.scale_up_domain,
             compute_units=self.compute_units,
             eff=self.eff,
+            scale_out_normal_bandwidth=self.scale_out_normal_bandwidth,
             expert_flops=None if self.expert_flops is None else self.expert_flops * share,
             sparse_attention_flops=self.sparse_attention_flops * share,
             absorb_flops=self.absorb_flops * share,
@@ -193,6 +197,7 @@ def device(hw: Hardware, wl: Workload | None = None, weight_dtype: str | None = 
         scale_up_domain=hw.scale_up_domain,
         compute_units=hw.compute_units,
         eff=e,
+        scale_out_normal_bandwidth=hw.scale_out_bandwidth * e.scale_out_normal,
         sparse_attention_flops=bf16 * e.attention_sparse,
         absorb_flops=bf16 * e.attention,
         sparse_prefill_attention_flops=bf16 * e.attention_sparse_prefill,
@@ -437,7 +442,7 @@ def normal_a2a_time(tokens, bytes_per_token: float, ep, m: Model, dev: Device, i
     rdma = tokens * nodes_hit * (1.0 - 1.0 / nodes) * bytes_per_token
     # every rank hit is one NVLink hop, except the one the message lands on (or starts from)
     nvl = tokens * ranks_hit * (1.0 - 1.0 / ranks_per_node) * bytes_per_token
-    t = np.maximum(rdma / dev.scale_out_bandwidth, nvl / dev.scale_up_bandwidth) * imbalance
+    t = np.maximum(rdma / dev.scale_out_normal_bandwidth, nvl / dev.scale_up_bandwidth) * imbalance
     return np.where(ep > 1, t + dev.eff.dispatch_latency, 0.0)
 
 

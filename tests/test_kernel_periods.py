@@ -1,0 +1,102 @@
+"""Kernel periods: a measurement is modelled with the kernels of its time (profiles.at_period)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import yaml
+
+from moecalc import calibrate, profiles, validate
+from moecalc.errors import InputError
+from moecalc.policies import roofline as rl
+
+H800 = profiles.load_hardware("h800")
+FEB = profiles.at_period(H800, "2025-02")
+
+
+def test_a_period_replaces_only_the_entries_it_lists():
+    listed = {k for k in H800.kernel_periods["2025-02"] if k != "description"}
+    assert listed == {"attention", "scale_out_normal"}
+    assert FEB.period == "2025-02" and H800.period is None
+    for name, entry in H800.efficiency.items():
+        if name not in listed:
+            assert FEB.efficiency[name] == entry, name
+    # by hand: FlashMLA's release kernel, 580 of the 989.5 BF16 TFLOPS
+    assert FEB.efficiency["attention"]["value"] == pytest.approx(580 / 989.5, abs=0.001)
+    assert profiles.at_period(H800, None) is H800
+
+
+def test_an_unknown_period_is_one_error_naming_the_profile():
+    with pytest.raises(InputError, match=r"h800\.yaml: no kernel period '2024-11'.*has: 2025-02"):
+        profiles.at_period(H800, "2024-11")
+    with pytest.raises(InputError, match="has: none"):
+        profiles.at_period(profiles.load_hardware("gb200"), "2025-02")
+
+
+def test_a_malformed_period_in_a_profile_is_refused(tmp_path):
+    data = yaml.safe_load(H800.path.read_text(encoding="utf-8"))
+    data["kernel_periods"]["Feb 2025"] = data["kernel_periods"].pop("2025-02")
+    bad = tmp_path / "h.yaml"
+    bad.write_text(yaml.safe_dump(data), encoding="utf-8")
+    with pytest.raises(InputError, match="kernel_periods.Feb 2025.*unknown key"):
+        profiles.load_hardware(bad)
+    data["kernel_periods"] = {"2025-02": {"description": "x", "attention": {"value": 1.7, "source": "y"}}}
+    bad.write_text(yaml.safe_dump(data), encoding="utf-8")
+    with pytest.raises(InputError, match="attention.value"):
+        profiles.load_hardware(bad)
+
+
+def test_the_prefill_all_to_all_has_its_own_rdma_share_and_decode_keeps_scale_out(model):
+    """DeepEP's normal kernels run at scale_out_normal (absent: scale_out); the low-latency
+    kernels keep scale_out. By hand: EP32 over 4 nodes, the RDMA bytes over 50 GB/s × share."""
+    cur, feb = rl.device(H800), rl.device(FEB)
+    assert cur.scale_out_normal_bandwidth == cur.scale_out_bandwidth == pytest.approx(50e9 * 0.88)
+    assert feb.scale_out_normal_bandwidth == pytest.approx(50e9 * 0.74)
+    assert feb.scale_out_bandwidth == cur.scale_out_bandwidth
+    ll = [rl.low_latency_a2a_time(7.5e6, 128, d) for d in (cur, feb)]
+    assert ll[0] == ll[1]
+    normal = [rl.normal_a2a_time(4096.0, 7168.0, 32, model, d) for d in (cur, feb)]
+    latency = cur.eff.dispatch_latency
+    assert (normal[1] - latency) / (normal[0] - latency) == pytest.approx(0.88 / 0.74)  # RDMA-bound at EP32
+
+
+def test_the_release_kernels_are_their_own_calibration_points():
+    records = {r["id"]: r for r in calibrate.evaluate()}
+    flashmla = records["flashmla-compute-bound-2025-02"]
+    assert flashmla["period"] == "2025-02" and flashmla["pins"] == "attention"
+    assert flashmla["model"] == pytest.approx(580, rel=0.01)  # pinned: met by construction
+    assert records["flashmla-compute-bound-2025-04"]["model"] == pytest.approx(660, rel=0.01)
+    feb = [p for p in calibrate.load_points() if p.period == "2025-02" and p.pins == "scale_out_normal"]
+    assert len(feb) == 4
+    assert calibrate.fit_fraction(feb, "scale_out_normal") == pytest.approx(0.74, abs=0.005)
+
+
+def test_deepseeks_points_run_the_kernels_of_their_time(model):
+    """DeepSeek's profile data and day-6 figures (February-March 2025) use period 2025-02,
+    and the computed figure is the one at that period's efficiencies."""
+    points = {p.id: p for p in validate.load_points()}
+    for pid in ("deepseek-profile-prefill", "deepseek-profile-decode", "deepseek-day6-prefill",
+                "deepseek-day6-decode"):
+        assert points[pid].kernels == "2025-02", pid
+    assert all(p.kernels is None for p in points.values() if not p.id.startswith("deepseek"))
+    decode = points["deepseek-profile-decode"]
+    by_hand = replace(H800, efficiency={**H800.efficiency, "attention": {"value": 0.586, "source": "x"}})
+    records = {r["id"]: r for r in validate.validate([decode])}
+    assert records[decode.id]["computed"] == pytest.approx(validate.compute(decode, model, by_hand))
+    assert records[decode.id]["kernels"] == "2025-02"
+    # the release kernels are slower: the computed figure falls
+    assert records[decode.id]["computed"] < validate.compute(decode, model, H800)
+
+
+def test_a_system_point_naming_an_unknown_period_is_refused(tmp_path):
+    data = yaml.safe_load(validate.SYSTEMS_FILE.read_text(encoding="utf-8"))
+    data["points"][0]["kernels"] = "2031-01"
+    bad = tmp_path / "s.yaml"
+    bad.write_text(yaml.safe_dump(data), encoding="utf-8")
+    with pytest.raises(InputError, match="no kernel period '2031-01'"):
+        validate.load_points(bad)
+    data["points"][0]["kernels"] = 202502
+    bad.write_text(yaml.safe_dump(data), encoding="utf-8")
+    with pytest.raises(InputError, match="field 'kernels'"):
+        validate.load_points(bad)
