@@ -37,9 +37,9 @@ def parse_spec(text: str, what: str) -> dict[str, Any]:
 
 
 def _framework(args):
-    from . import serving
+    from .frameworks import load_framework  # lazy: keeps the CLI's start fast
 
-    return serving.load_serving(args.framework)
+    return load_framework(args.framework)
 
 
 def _workload(args):
@@ -83,7 +83,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         spec["ep"] = args.ep or spec["tp"] * spec["dp"] // spec["moe_tp"]
         data = serving.serve_agg(m, hw, wl, spec, isl=isl, osl=osl, hit=hit, concurrency=args.concurrency,
                                  chunk=args.chunk, gpus=args.gpus, mtp_accept=args.mtp_accept or 1.0, sd=sd)
-    data = {"hardware": hw.name, "model": m.name, "framework": f"{sd.fw.name} {sd.fw.version}", **data}
+    data = {"hardware": hw.name, "model": m.name, "framework": f"{sd.name} {sd.version}", **data}
 
     def text() -> str:
         from . import report

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from . import serving
+from .frameworks import Framework, load_framework
 from .errors import InputError
 from .policies import roofline
 from .profiles import Hardware, Model, Workload
@@ -71,7 +72,7 @@ def _layouts(m: Model, sizes: list[int]):
     return np.array(rows, dtype=np.int64).reshape(-1, 2)
 
 
-def _by_redundancy(m: Model, ep, sd: serving.ServingData, fn):
+def _by_redundancy(m: Model, ep, sd: Framework, fn):
     """Call fn(mask, redundant) for each redundancy group of EP sizes; results scattered back."""
     red = serving.redundant_for(m, ep, sd.redundant_experts)
     out = None
@@ -98,8 +99,8 @@ def _prefill_options(m, hw, wl, n, isl, hit, ttft_slo, sizes, sd):
 
     ev = _by_redundancy(m, G, sd, run)
     nbytes = float(serving.kv_transfer_bytes(m, isl, serving.kv_format(wl, m)))
-    bw = serving.nic_bandwidth(hw) * sd.nics
-    t_kv = serving.kv_transfer_time(nbytes, bw, bw, sd.setup, ev["forward"], m.num_hidden_layers, sd.layerwise)
+    bw = serving.nic_bandwidth(hw) * sd.kv_nics
+    t_kv = serving.kv_transfer_time(nbytes, bw, bw, sd.kv_setup, ev["forward"], m.num_hidden_layers, sd.kv_layerwise)
     # options: config × instance count
     cfg = np.repeat(np.arange(len(G)), n // G)
     count = np.concatenate([np.arange(1, n // x + 1) for x in G]) if len(G) else np.zeros(0, int)
@@ -178,11 +179,11 @@ def _agg_options(m, hw, wl, n, isl, osl, hit, ttft_slo, tpot_slo, sizes, sd):
 
 def plan(m: Model, hw: Hardware, wl: Workload, gpus: int, *, isl: int | None = None, osl: int | None = None,
          hit: float | None = None, ttft_ms: float | None = None, tpot_ms: float | None = None,
-         sd: serving.ServingData | None = None, top: int = 10) -> dict[str, Any]:
+         sd: Framework | None = None, top: int = 10) -> dict[str, Any]:
     """Every disaggregated and aggregated plan on `gpus` devices; the best of each and the
     reasons the rest fail. SLOs default to the workload's (TTFT; TPOT = 1 / min tokens/s per
     user); a missing SLO does not constrain."""
-    sd = sd or serving.load_serving()
+    sd = sd or load_framework("sglang")
     isl = wl.prompt_len if isl is None else isl
     osl = wl.output_len if osl is None else osl
     hit = wl.kv_cache_hit_rate if hit is None else hit
@@ -317,7 +318,7 @@ def plan(m: Model, hw: Hardware, wl: Workload, gpus: int, *, isl: int | None = N
                          f"TPOT ≤ {tpot_slo * 1e3:g} ms")
     return {
         "hardware": hw.name, "model": m.name, "workload": wl.name, "gpus": gpus, "isl": isl, "osl": osl,
-        "cache_hit": hit, "framework": f"{sd.fw.name} {sd.fw.version}",
+        "cache_hit": hit, "framework": f"{sd.name} {sd.version}",
         "ttft_slo_ms": None if not np.isfinite(ttft_slo) else ttft_slo * 1e3,
         "tpot_slo_ms": None if not np.isfinite(tpot_slo) else tpot_slo * 1e3,
         "queue_model": serving.QUEUE_MODEL,

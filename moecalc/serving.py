@@ -51,41 +51,19 @@ SERVING_FIELDS = ("chunked_prefill_tokens", "kv_transfer_layerwise", "kv_transfe
 
 
 # ---------------------------------------------------------------- framework serving data
+# A framework profile (params/framework/<name>.yaml, :class:`moecalc.frameworks.Framework`)
+# carries its serving section too: chunk, KV hand-off, deployment settings. Per-deployment
+# overrides are ``dataclasses.replace(fw, redundant_experts=0)``.
 
 
-@dataclass(frozen=True)
-class ServingData:
-    """A framework's serving behaviour (the ``serving:`` section of params/framework/<name>.yaml,
-    at the profile's version), SI units, with the framework profile itself."""
-
-    key: str
-    name: str
-    chunk: int  # prompt tokens per attention-DP rank per aggregated step
-    layerwise: bool  # KV sent layer by layer during the forward
-    setup: float  # seconds per KV transfer
-    nics: int  # NICs one request's transfer crosses in parallel, per side
-    mtp_accept: float
-    expert_imbalance: float
-    redundant_experts: int
-    sources: Mapping[str, str]
-    fw: Framework | None = None  # the framework profile (params/framework/): memory rule, graphs, host, all-to-all
-
-    @property
-    def kw(self) -> dict[str, Any]:
-        """Keyword arguments every roofline call of this framework takes."""
-        return {"expert_imbalance": self.expert_imbalance, "framework": self.fw}
+def roofline_kw(fw: Framework) -> dict[str, Any]:
+    """Keyword arguments every roofline call of this framework's deployment takes."""
+    return {"expert_imbalance": fw.expert_imbalance, "framework": fw}
 
 
-def load_serving(framework: str | Framework = "sglang") -> ServingData:
-    """The serving data of `framework` (name or YAML path): its profile's ``serving:`` section
-    (chunking, KV hand-off, deployment settings) with the profile (memory, graphs, host,
-    all-to-all); one error naming the file and field if it is wrong or missing."""
-    fw = load_framework(framework)
-    return ServingData(
-        key=fw.key, name=f"{fw.name} {fw.version}", chunk=fw.chunk_tokens, layerwise=fw.kv_layerwise,
-        setup=fw.kv_setup, nics=fw.kv_nics, mtp_accept=fw.mtp_accept, expert_imbalance=fw.expert_imbalance,
-        redundant_experts=fw.redundant_experts, sources={k: fw.sources[f"serving.{k}"] for k in SERVING_FIELDS}, fw=fw,
-    )
+def serving_sources(fw: Framework) -> dict[str, str]:
+    """The source of each entry of `fw`'s serving section."""
+    return {k: fw.sources[f"serving.{k}"] for k in SERVING_FIELDS}
 
 
 def redundant_for(m: Model, ep, redundant: int):
@@ -214,11 +192,11 @@ class PrefillPool:
 
 
 def prefill_pool(m: Model, hw: Hardware, wl: Workload, layout: roofline.Layout, tokens_per_device, isl, hit: float,
-                 sd: ServingData) -> PrefillPool:
+                 sd: Framework) -> PrefillPool:
     """One prefill instance of `layout` running forwards of `tokens_per_device` new tokens."""
     red = redundant_for(m, layout.ep, sd.redundant_experts)
     red_scalar = int(np.max(red))  # one redundancy per call: the caller groups layouts by it
-    p = roofline.prefill(m, hw, wl, layout, tokens_per_device, isl, hit, redundant_experts=red_scalar, **sd.kw)
+    p = roofline.prefill(m, hw, wl, layout, tokens_per_device, isl, hit, redundant_experts=red_scalar, **roofline_kw(sd))
     gpus = np.asarray(layout.tp) * np.asarray(layout.dp)
     q = np.maximum((1.0 - hit) * np.asarray(isl, dtype=float), 1.0)
     per_forward = np.asarray(tokens_per_device, dtype=float) * gpus / q
@@ -239,12 +217,12 @@ class DecodePool:
 
 
 def decode_pool(m: Model, hw: Hardware, wl: Workload, layout: roofline.Layout, isl, osl, mtp_accept: float,
-                sd: ServingData, red: int) -> DecodePool:
+                sd: Framework, red: int) -> DecodePool:
     """One decode instance at `layout.batch` sequences per rank, at the mean KV length
     isl + osl/2: in steady state a full batch holds sequences at every stage of their output,
     so its KV cache (and step time) is that of the mean."""
     isl, osl = np.asarray(isl, dtype=float), np.asarray(osl, dtype=float)
-    s = roofline.decode(m, hw, wl, layout, isl + osl / 2.0, mtp_accept, redundant_experts=red, **sd.kw)
+    s = roofline.decode(m, hw, wl, layout, isl + osl / 2.0, mtp_accept, redundant_experts=red, **roofline_kw(sd))
     mtp = mtp_accept > 1.0
     weights = roofline.weight_bytes_per_device(m, wl, layout, red, mtp)
     kv = roofline.kv_bytes_per_device(m, wl, layout.batch, isl + osl / 2.0, mtp)
@@ -272,7 +250,7 @@ class AggPool:
 
 
 def agg_pool(m: Model, hw: Hardware, wl: Workload, layout: roofline.Layout, chunk, isl, osl, hit: float,
-             mtp_accept: float, sd: ServingData, red: int, max_utilization: float = 0.95) -> AggPool:
+             mtp_accept: float, sd: Framework, red: int, max_utilization: float = 0.95) -> AggPool:
     """One aggregated instance: decode batch and prompt chunks in every step (module doc).
     `max_utilization` caps the chunk's use, so the prefill queue stays stable."""
     isl, osl = np.asarray(isl, dtype=float), np.asarray(osl, dtype=float)
@@ -285,9 +263,9 @@ def agg_pool(m: Model, hw: Hardware, wl: Workload, layout: roofline.Layout, chun
     batch = np.maximum(np.floor(batch), 1.0)
     u = batch * acc * q / osl
     lay = replace(layout, batch=batch)
-    s = roofline.decode(m, hw, wl, lay, isl + osl / 2.0, mtp_accept, redundant_experts=red, **sd.kw)
+    s = roofline.decode(m, hw, wl, lay, isl + osl / 2.0, mtp_accept, redundant_experts=red, **roofline_kw(sd))
     tp = np.asarray(layout.tp, dtype=float)
-    pre = roofline.prefill(m, hw, wl, lay, np.maximum(u / tp, 1.0), isl, hit, redundant_experts=red, **sd.kw)
+    pre = roofline.prefill(m, hw, wl, lay, np.maximum(u / tp, 1.0), isl, hit, redundant_experts=red, **roofline_kw(sd))
     step = s.step_time + pre.time
     mtp = mtp_accept > 1.0
     weights = roofline.weight_bytes_per_device(m, wl, lay, red, mtp)
@@ -336,12 +314,12 @@ def _layout(m: Model, spec: Mapping[str, int], what: str, redundant: int) -> roo
 
 def serve_disagg(m: Model, hw: Hardware, wl: Workload, prefill: Mapping[str, int], decode: Mapping[str, int], *,
                  isl: int, osl: int, hit: float = 0.0, rate: float | None = None, concurrency: float | None = None,
-                 gpus: int | None = None, mtp_accept: float = 1.0, sd: ServingData | None = None) -> dict[str, Any]:
+                 gpus: int | None = None, mtp_accept: float = 1.0, sd: Framework | None = None) -> dict[str, Any]:
     """One disaggregated serving point (scalars). `prefill` and `decode` are layout specs
     (tp, dp, ep, moe_tp, instances, tbo; prefill `tokens` per device per forward, decode
     `batch`). Give an arrival `rate` (requests/s) or a `concurrency` (requests in flight,
     closed loop), or neither: the pools' capacity at 95 % prefill load."""
-    sd = sd or load_serving()
+    sd = sd or load_framework("sglang")
     for name, v in (("ISL", isl), ("OSL", osl), ("arrival rate", rate), ("concurrency", concurrency)):
         _check_positive(name, v)
     lp = _layout(m, prefill, "prefill", sd.redundant_experts)
@@ -363,8 +341,8 @@ def serve_disagg(m: Model, hw: Hardware, wl: Workload, prefill: Mapping[str, int
     mu, forward = float(pp.service_rate), float(pp.forward)
     cap_p, cap_d = n_p * mu, n_d * float(dp_.capacity)
     nbytes = float(kv_transfer_bytes(m, isl, kv_format(wl, m)))
-    bw = nic_bandwidth(hw) * sd.nics
-    t_kv = float(kv_transfer_time(nbytes, bw, bw, sd.setup, forward, m.num_hidden_layers, sd.layerwise))
+    bw = nic_bandwidth(hw) * sd.kv_nics
+    t_kv = float(kv_transfer_time(nbytes, bw, bw, sd.kv_setup, forward, m.num_hidden_layers, sd.kv_layerwise))
     tpot = float(dp_.tpot)
 
     def ttft(lam: float) -> float:
@@ -452,10 +430,10 @@ def cost_note(hw: Hardware) -> str:
 
 def serve_agg(m: Model, hw: Hardware, wl: Workload, spec: Mapping[str, int], *, isl: int, osl: int,
               hit: float = 0.0, concurrency: float | None = None, chunk: int | None = None, gpus: int | None = None,
-              mtp_accept: float = 1.0, sd: ServingData | None = None) -> dict[str, Any]:
+              mtp_accept: float = 1.0, sd: Framework | None = None) -> dict[str, Any]:
     """One aggregated serving point: `spec` is the layout (tp, dp, ep, moe_tp, tbo, instances);
     `concurrency` requests in flight over all instances (default: what fills memory)."""
-    sd = sd or load_serving()
+    sd = sd or load_framework("sglang")
     for name, v in (("ISL", isl), ("OSL", osl), ("concurrency", concurrency), ("chunk", chunk)):
         _check_positive(name, v)
     lay = _layout(m, spec, "layout", sd.redundant_experts)
@@ -466,14 +444,14 @@ def serve_agg(m: Model, hw: Hardware, wl: Workload, spec: Mapping[str, int], *, 
     red = int(redundant_for(m, lay.ep, sd.redundant_experts))
     mtp = mtp_accept > 1.0
     if concurrency is None:
-        b = float(roofline.max_batch(m, hw, wl, lay, isl + osl / 2.0, red, mtp, framework=sd.fw))
+        b = float(roofline.max_batch(m, hw, wl, lay, isl + osl / 2.0, red, mtp, framework=sd))
         if b < 1:
             raise InputError(f"no sequence of {isl + osl / 2:,g} tokens fits beside the weights on {hw.name}")
     else:
         b = float(concurrency) / (n * lay.dp)
         if b < 1:
             raise InputError(f"concurrency {concurrency:g} is below one sequence per attention-DP rank ({n * lay.dp})")
-    chunk = chunk or sd.chunk
+    chunk = chunk or sd.chunk_tokens
     pool = agg_pool(m, hw, wl, replace(lay, batch=b), chunk, isl, osl, hit, mtp_accept, sd, red)
     if not bool(pool.fits):
         raise InputError(f"batch {b:g} per rank at mean KV length {isl + osl / 2:,g} does not fit on {hw.name}")
@@ -519,18 +497,18 @@ def serve_agg(m: Model, hw: Hardware, wl: Workload, spec: Mapping[str, int], *, 
 
 def pool_ratio(m: Model, hw: Hardware, wl: Workload, prefill_layout: roofline.Layout, tokens: int,
                decode_layout: roofline.Layout, isl, osl, hit: float = 0.0, mtp_accept: float = 1.0,
-               sd: ServingData | None = None):
+               sd: Framework | None = None):
     """Prefill GPUs per decode GPU that balance the two pools, over arrays of ISL and OSL:
     (requests/s a decode GPU finishes) / (requests/s a prefill GPU prefills). The decode batch
     is the layout's, or what fits at the mean KV length isl + osl/2 if that is smaller.
     Returns (ratio, decode batch per rank)."""
-    sd = sd or load_serving()
+    sd = sd or load_framework("sglang")
     isl, osl = np.broadcast_arrays(np.asarray(isl, dtype=float), np.asarray(osl, dtype=float))
     red_p = int(redundant_for(m, prefill_layout.ep, sd.redundant_experts))
     red_d = int(redundant_for(m, decode_layout.ep, sd.redundant_experts))
-    p = roofline.prefill(m, hw, wl, prefill_layout, tokens, isl, hit, redundant_experts=red_p, **sd.kw)
+    p = roofline.prefill(m, hw, wl, prefill_layout, tokens, isl, hit, redundant_experts=red_p, **roofline_kw(sd))
     per_gpu_prefill = p.input_tokens_per_s_per_device / isl
-    fit = roofline.max_batch(m, hw, wl, decode_layout, isl + osl / 2.0, red_d, mtp_accept > 1.0, framework=sd.fw)
+    fit = roofline.max_batch(m, hw, wl, decode_layout, isl + osl / 2.0, red_d, mtp_accept > 1.0, framework=sd)
     batch = np.maximum(np.minimum(float(decode_layout.batch), fit), 1.0)
     d = decode_pool(m, hw, wl, replace(decode_layout, batch=batch), isl, osl, mtp_accept, sd, red_d)
     per_gpu_decode = d.output_tokens_per_s_per_device / osl

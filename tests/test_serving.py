@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from moecalc import plan, profiles, serving
+from moecalc import frameworks, plan, profiles, serving
 from moecalc.errors import InputError
 from moecalc.reproduce import SEEDS
 
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def ctx():
     return (profiles.load_model("deepseek-v3"), profiles.load_hardware("h100"),
-            profiles.load_workload("seed-004"), serving.load_serving("sglang"))
+            profiles.load_workload("seed-004"), frameworks.load_framework("sglang"))
 
 
 # ---------------------------------------------------------------- queueing, by hand
@@ -85,7 +85,7 @@ def test_kv_transfer_time_by_hand(ctx):
     assert t == pytest.approx(1e-3 + 140_544_000 / 44e9)  # 4.194 ms
     # layer-pipelined: 61 MB at 1 GB/s = 61 ms, under a 1 s forward only the last layer's 1 ms shows
     assert serving.kv_transfer_time(61e6, 1e9, 1e9, 0.0, 1.0, 61, layerwise=True) == pytest.approx(1e-3)
-    assert sd.layerwise is False  # SGLang 0.5.23 sends after the forward (params/framework/sglang.yaml serving:)
+    assert sd.kv_layerwise is False  # SGLang 0.5.23 sends after the forward (params/framework/sglang.yaml serving:)
 
 
 def test_cost_by_hand(ctx):
