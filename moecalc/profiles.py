@@ -248,6 +248,7 @@ EFFICIENCY_FIELDS: dict[str, tuple[str, str]] = {
     "scale_up": ("fraction", "achievable scale-up (NVLink) bandwidth, of the datasheet per direction"),
     "scale_out": ("fraction", "achievable scale-out (RDMA) bandwidth, of the datasheet"),
     "scale_out_normal": ("fraction", "scale-out (RDMA) bandwidth of the prefill (DeepEP normal) all-to-all, of the datasheet"),
+    "low_latency_domain": ("count", "peers the decode (low-latency) all-to-all reaches over the scale-up link, the rest over RDMA (1: RDMA to every peer)"),
     "kernel_latency_us": ("latency", "fixed cost of one kernel (launch, tail), µs"),
     "all_reduce_latency_us": ("latency", "fixed cost of one TP all-reduce, µs"),
     "dispatch_latency_us": ("latency", "fixed cost of one low-latency dispatch or combine, µs"),
@@ -274,6 +275,7 @@ EFFICIENCY_OPTIONAL = {
     "attention_sparse_prefill": "the dense `attention_prefill` fraction (transferred)",
     "indexer": "the dense `gemm` fraction (transferred)",
     "scale_out_normal": "the `scale_out` fraction",
+    "low_latency_domain": "the scale-up domain",
 }
 _EFFICIENCY_ENTRY = {
     "fraction": Spec("map", children={"value": Spec("fraction", upper=1), "source": Spec("str")}),

@@ -17,7 +17,7 @@ FEB = profiles.at_period(H800, "2025-02")
 
 def test_a_period_replaces_only_the_entries_it_lists():
     listed = {k for k in H800.kernel_periods["2025-02"] if k != "description"}
-    assert listed == {"attention", "scale_out_normal"}
+    assert listed == {"attention", "scale_out_normal", "low_latency_domain", "dispatch_latency_us"}
     assert FEB.period == "2025-02" and H800.period is None
     for name, entry in H800.efficiency.items():
         if name not in listed:
@@ -47,18 +47,31 @@ def test_a_malformed_period_in_a_profile_is_refused(tmp_path):
         profiles.load_hardware(bad)
 
 
-def test_the_prefill_all_to_all_has_its_own_rdma_share_and_decode_keeps_scale_out(model):
-    """DeepEP's normal kernels run at scale_out_normal (absent: scale_out); the low-latency
-    kernels keep scale_out. By hand: EP32 over 4 nodes, the RDMA bytes over 50 GB/s × share."""
+def test_the_all_to_alls_of_the_period_by_hand(model):
+    """DeepEP's normal kernels run at scale_out_normal (absent: scale_out); the release-time
+    low-latency kernels reach every peer over RDMA, at scale_out, with their own floor."""
     cur, feb = rl.device(H800), rl.device(FEB)
     assert cur.scale_out_normal_bandwidth == cur.scale_out_bandwidth == pytest.approx(50e9 * 0.88)
     assert feb.scale_out_normal_bandwidth == pytest.approx(50e9 * 0.74)
     assert feb.scale_out_bandwidth == cur.scale_out_bandwidth
-    ll = [rl.low_latency_a2a_time(7.5e6, 128, d) for d in (cur, feb)]
-    assert ll[0] == ll[1]
+    nbytes, ranks = 7.5e6, 128  # one rank's dispatch at EP128
+    rdma, nvl = 50e9 * 0.88, 200e9 * H800.efficiency["scale_up"]["value"]
+    now = max(nbytes * 7 / 128 / nvl, nbytes * 120 / 128 / rdma) + 28e-6  # 7 peers in the node over NVLink
+    then = nbytes * 127 / 128 / rdma + 19e-6  # every peer over RDMA
+    assert rl.low_latency_a2a_time(nbytes, ranks, cur) == pytest.approx(now)
+    assert rl.low_latency_a2a_time(nbytes, ranks, feb) == pytest.approx(then)
     normal = [rl.normal_a2a_time(4096.0, 7168.0, 32, model, d) for d in (cur, feb)]
-    latency = cur.eff.dispatch_latency
-    assert (normal[1] - latency) / (normal[0] - latency) == pytest.approx(0.88 / 0.74)  # RDMA-bound at EP32
+    floors = [d.eff.dispatch_latency for d in (cur, feb)]
+    assert (normal[1] - floors[1]) / (normal[0] - floors[0]) == pytest.approx(0.88 / 0.74)  # RDMA-bound at EP32
+
+
+def test_the_low_latency_floors_are_their_fits():
+    """Both low-latency floors are the log-least-squares fits to their own twelve rows."""
+    for period, stored in ((None, 28), ("2025-02", 19)):
+        rows = [p for p in calibrate.load_points() if p.hardware == "h800" and p.period == period
+                and p.pins == "dispatch_latency_us"]
+        assert len(rows) == 12
+        assert calibrate.fit_fraction(rows, "dispatch_latency_us", lo=0.0, hi=100.0) == pytest.approx(stored, abs=0.6)
 
 
 def test_the_release_kernels_are_their_own_calibration_points():
@@ -79,9 +92,14 @@ def test_deepseeks_points_run_the_kernels_of_their_time(model):
     for pid in ("deepseek-profile-prefill", "deepseek-profile-decode", "deepseek-day6-prefill",
                 "deepseek-day6-decode"):
         assert points[pid].kernels == "2025-02", pid
-    assert all(p.kernels is None for p in points.values() if not p.id.startswith("deepseek"))
+    for p in points.values():  # LMSYS's H100 blog (2025-05-05): the low-latency kernels before NVLink
+        if p.id.startswith("lmsys-") and p.hardware == "h100":
+            assert p.kernels == "2025-05", p.id
+        elif not p.id.startswith("deepseek"):
+            assert p.kernels is None, p.id
     decode = points["deepseek-profile-decode"]
-    by_hand = replace(H800, efficiency={**H800.efficiency, "attention": {"value": 0.586, "source": "x"}})
+    feb = {"attention": 0.586, "scale_out_normal": 0.74, "low_latency_domain": 1, "dispatch_latency_us": 19}
+    by_hand = replace(H800, efficiency={**H800.efficiency, **{k: {"value": v, "source": "x"} for k, v in feb.items()}})
     records = {r["id"]: r for r in validate.validate([decode])}
     assert records[decode.id]["computed"] == pytest.approx(validate.compute(decode, model, by_hand))
     assert records[decode.id]["kernels"] == "2025-02"

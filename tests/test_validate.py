@@ -52,9 +52,9 @@ def test_every_efficiency_factor_has_a_source(name):
 @pytest.mark.parametrize("name", ROOFLINE_HARDWARE)
 def test_roofline_profiles_are_complete_and_say_what_is_transferred(name):
     hw = profiles.load_hardware(name)
-    # optional entries given too, except the prefill all-to-all's own RDMA share: only an
+    # optional entries given too, except the all-to-alls' own link entries: only an
     # earlier kernel period sets it (kernel_periods); absent, it is scale_out's
-    assert set(profiles.EFFICIENCY_FIELDS) - set(hw.efficiency) <= {"scale_out_normal"}, name
+    assert set(profiles.EFFICIENCY_FIELDS) - set(hw.efficiency) <= {"scale_out_normal", "low_latency_domain"}, name
     for key, entry in hw.efficiency.items():
         src = entry["source"]
         if "TRANSFERRED" in src:
@@ -188,7 +188,8 @@ def test_records_by_hand():
     rec = {r["id"]: r for r in validate.validate(validate.load_points())}
     decode = rec["lmsys-decode-2k"]
     assert decode["published"] == 22282  # LMSYS: 22,282 output tokens/s per node
-    assert 22_000 < decode["computed"] < 23_000
+    # with the low-latency kernels of May 2025 (RDMA to every peer): about 6 % below it
+    assert 20_500 < decode["computed"] < 21_500
     assert decode["error_pct"] == pytest.approx(100 * (decode["computed"] / 22282 - 1))
     assert decode["within"] is True and decode["tolerance_pct"] == 10
     ratio = rec["lmsys-decode-tbo-gain-32"]

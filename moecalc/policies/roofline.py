@@ -74,13 +74,14 @@ class Efficiency:
     attention_sparse_prefill: float = 0.0
     indexer: float = 0.0
     scale_out_normal: float = 0.0  # the prefill (DeepEP normal) all-to-all's share of the RDMA link
+    low_latency_domain: int = 0  # peers the decode all-to-all reaches over NVLink (0: the scale-up domain)
 
 
 # What an optional entry means when a profile leaves it out (see profiles.EFFICIENCY_OPTIONAL).
 # `compute_memory_overlap` is no hardware-profile field but a policy's opinion: the roofline's
 # is 1 (a kernel takes the longer of its compute and memory time); seed002 passes 0 (added).
 _ABSENT = {"comm_sms": 0, "mma_tile_rows": 1, "launch_gap_us": 0.0, "all_reduce_latency_node_us": 0.0,
-           "all_reduce_latency_internode_us": 0.0, "compute_memory_overlap": 1.0}
+           "all_reduce_latency_internode_us": 0.0, "compute_memory_overlap": 1.0, "low_latency_domain": 0}
 # Optional entries that default to another entry of the same profile (transferred from dense).
 _TRANSFERRED = {"attention_prefill": "attention", "attention_sparse": "attention",
                 "attention_sparse_prefill": "attention_prefill", "indexer": "gemm", "scale_out_normal": "scale_out"}
@@ -121,6 +122,7 @@ def efficiency(hw: Hardware) -> Efficiency:
         attention_sparse_prefill=value("attention_sparse_prefill"),
         indexer=value("indexer"),
         scale_out_normal=value("scale_out_normal"),
+        low_latency_domain=int(value("low_latency_domain")),
         sources={k: v["source"] for k, v in e.items() if v},
     )
 
@@ -363,8 +365,9 @@ def remote_shares(ranks, domain: int):
 def low_latency_a2a_time(nbytes, ranks, dev: Device):
     """DeepEP low-latency dispatch or combine: `nbytes` (every expert copy of every token a
     device sends, or receives back) spread uniformly over `ranks` devices; the NVLink and
-    RDMA parts run at once, plus the kernel's latency floor. 0 when there is one rank."""
-    _, intra, inter = remote_shares(ranks, dev.scale_up_domain)
+    RDMA parts run at once, plus the kernel's latency floor. 0 when there is one rank. Peers
+    beyond ``low_latency_domain`` (DeepEP before 2025-06: none) are reached over RDMA."""
+    _, intra, inter = remote_shares(ranks, dev.eff.low_latency_domain or dev.scale_up_domain)
     t = np.maximum(nbytes * intra / dev.scale_up_bandwidth, nbytes * inter / dev.scale_out_bandwidth)
     return np.where(np.asarray(ranks) > 1, t + dev.eff.dispatch_latency, 0.0)
 
