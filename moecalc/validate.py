@@ -12,12 +12,12 @@ fast). Efficiencies come from the hardware profiles, calibrated on kernels only
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from . import bands
+from . import bands, serving
 from .errors import InputError
 from .frameworks import load_framework
 from .profiles import PARAMS_DIR, Hardware, Model, Workload, at_period, load_hardware, load_model, read_yaml
@@ -26,7 +26,7 @@ from .units import DTYPE_BYTES
 
 SYSTEMS_FILE = PARAMS_DIR / "measurements" / "systems.yaml"
 MODEL = "deepseek-v3"
-PHASES = ("decode", "prefill")
+PHASES = ("decode", "prefill", "aggregated")
 METRICS = {
     "output_tokens_per_s_per_node": "decode",
     "output_tokens_per_s_per_gpu": "decode",
@@ -34,16 +34,26 @@ METRICS = {
     "tbo_throughput_ratio": "decode",
     "input_tokens_per_s_per_node": "prefill",
     "input_tokens_per_s_per_gpu": "prefill",
+    "aggregated_output_tokens_per_s_per_gpu": "aggregated",
 }
 NODE = 8  # GPUs per node in the *_per_node metrics (the published figures' 8-GPU nodes)
 _COMMON = ("id", "source", "setup", "phase", "hardware", "layout", "dtypes", "deployment", "metric", "published",
            "tolerance_pct", "attribution")
-_PHASE_FIELDS = {"decode": ("kv_len", "mtp_accept"), "prefill": ("tokens_per_gpu", "prompt_len", "kv_cache_hit_rate")}
+# aggregated: prefill and decode on the same GPUs (in-flight batching), prompts of isl and
+# outputs of osl tokens, at most chunk_tokens prompt tokens per step (serving.agg_pool)
+_PHASE_FIELDS = {"decode": ("kv_len", "mtp_accept"), "prefill": ("tokens_per_gpu", "prompt_len", "kv_cache_hit_rate"),
+                 "aggregated": ("isl", "osl", "chunk_tokens", "mtp_accept")}
 # Optional: decode's MTP draft tokens per step (default 1); the serving framework's profile
 # (params/framework/; default SGLang); the kernel period the system ran (the hardware
-# profile's kernel_periods, e.g. "2025-02"; default: the current kernels).
-_OPTIONAL = {"decode": ("mtp_draft", "framework", "kernels"), "prefill": ("framework", "kernels")}
-_LAYOUT = {"decode": ("tp", "dp", "moe_tp", "ep", "batch", "tbo"), "prefill": ("tp", "dp", "moe_tp", "ep", "tbo")}
+# profile's kernel_periods, e.g. "2025-02"; default: the current kernels); the model profile
+# (default deepseek-v3); the framework's all-to-all where the run chose another than its
+# profile's (e.g. SGLang without --moe-a2a-backend deepep: allgather_reducescatter); the
+# cluster's NIC bandwidth per GPU where it differs from the hardware profile's.
+_ANY = ("framework", "kernels", "model", "a2a", "scale_out_bandwidth_gb_s")
+_OPTIONAL = {"decode": ("mtp_draft",) + _ANY, "prefill": _ANY, "aggregated": _ANY}
+_A2A = ("deepep_low_latency", "deepep_normal", "allgather_reducescatter")
+_LAYOUT = {"decode": ("tp", "dp", "moe_tp", "ep", "batch", "tbo"), "prefill": ("tp", "dp", "moe_tp", "ep", "tbo"),
+           "aggregated": ("tp", "dp", "moe_tp", "ep", "batch", "tbo")}
 _DTYPES = ("weight", "kv", "dispatch", "combine")
 _DTYPES_OPTIONAL = ("expert",)  # routed experts' weight dtype, default: weight
 _DEPLOYMENT = ("expert_imbalance", "redundant_experts")
@@ -67,6 +77,9 @@ class SystemPoint:
     mtp_draft: int = 1
     framework: str = "sglang"
     kernels: str | None = None  # kernel period (profiles.at_period), None: current
+    model: str = MODEL
+    a2a: str | None = None  # the all-to-all the run used, for both phases; None: the framework's
+    scale_out_bandwidth: float | None = None  # byte/s per GPU, where the cluster's NICs differ from the profile's
 
 
 def _number(where: str, key: str, value: Any, lower: float = 0.0, strict: bool = True) -> float:
@@ -140,6 +153,15 @@ def load_points(path: Path | None = None) -> list[SystemPoint]:
             if not isinstance(kernels, str):
                 raise InputError(f"{where}: field 'kernels': must be a kernel period such as \"2025-02\", got {kernels!r}")
             at_period(load_hardware(p["hardware"]), kernels)  # one error line if the profile lacks it
+        model = p.get("model", MODEL)
+        if not isinstance(model, str):
+            raise InputError(f"{where}: field 'model': must be a model profile name, got {model!r}")
+        _model(model)  # one error line if it is unknown
+        a2a = p.get("a2a")
+        if a2a is not None and a2a not in _A2A:
+            raise InputError(f"{where}: field 'a2a': must be one of {', '.join(_A2A)}, got {a2a!r}")
+        nic = p.get("scale_out_bandwidth_gb_s")
+        nic = None if nic is None else _number(where, "scale_out_bandwidth_gb_s", nic) * 1e9
         draft = p.get("mtp_draft", 1)
         if isinstance(draft, bool) or not isinstance(draft, int) or draft < 1:
             raise InputError(f"{where}: field 'mtp_draft': must be a whole number ≥ 1, got {draft!r}")
@@ -150,6 +172,7 @@ def load_points(path: Path | None = None) -> list[SystemPoint]:
             tolerance_pct=_number(where, "tolerance_pct", p["tolerance_pct"]),
             attribution=p["attribution"].strip(), conditions=conditions, mtp_draft=draft,
             framework=_framework_name(where, p.get("framework", "sglang")), kernels=kernels,
+            model=model, a2a=a2a, scale_out_bandwidth=nic,
         ))
     return out
 
@@ -157,11 +180,12 @@ def load_points(path: Path | None = None) -> list[SystemPoint]:
 def workload(point: SystemPoint) -> Workload:
     """The point's conditions as a workload (dtypes, prompt, cache hits)."""
     d = point.dtypes
-    prompt = int(point.conditions.get("prompt_len", point.conditions.get("kv_len", 1)))
+    c = point.conditions
+    prompt = int(c.get("prompt_len", c.get("isl", c.get("kv_len", 1))))
     return Workload(
         key=point.id, path=SYSTEMS_FILE, name=point.id, sources=(point.source,),
-        prompt_len=prompt, output_len=1, kv_cache_hit_rate=point.conditions.get("kv_cache_hit_rate", 0.0),
-        avg_kv_len=int(point.conditions.get("kv_len", prompt)), min_tokens_per_user=None, max_ttft_s=None,
+        prompt_len=prompt, output_len=int(c.get("osl", 1)), kv_cache_hit_rate=c.get("kv_cache_hit_rate", 0.0),
+        avg_kv_len=int(c.get("kv_len", prompt + c.get("osl", 0) / 2)), min_tokens_per_user=None, max_ttft_s=None,
         max_memory_bytes=None, weight_dtype=d["weight"], activation_dtype="bf16", kv_dtype=d["kv"],
         dispatch_dtype=d["dispatch"], combine_dtype=d["combine"], expert_weight_dtype=d.get("expert"),
     )
@@ -173,14 +197,46 @@ def _layout(point: SystemPoint, **override) -> rl.Layout:
                      batch=values.get("batch", 1), tbo=values["tbo"])
 
 
-def compute(point: SystemPoint, m: Model, hw: Hardware, expert_imbalance: float | None = None) -> float:
-    """The model's figure for `point`, in its metric (imbalance overridable, for solving)."""
+@lru_cache(maxsize=None)
+def _model(name: str) -> Model:
+    return load_model(name)
+
+
+def point_hardware(point: SystemPoint, hw: Hardware) -> Hardware:
+    """`hw` as the point's cluster had it: its NICs, where the point names them."""
+    if point.scale_out_bandwidth is None:
+        return hw
+    return replace(hw, scale_out_bandwidth=point.scale_out_bandwidth)
+
+
+def compute(point: SystemPoint, m: Model | None, hw: Hardware, expert_imbalance: float | None = None) -> float:
+    """The model's figure for `point`, in its metric (imbalance overridable, for solving). `m`
+    is used where the point names no other model than the default."""
+    if m is None or m.key != point.model:
+        m = _model(point.model)
+    hw = point_hardware(point, hw)
     wl = workload(point)
     imbalance = point.deployment["expert_imbalance"] if expert_imbalance is None else expert_imbalance
+    fw = _framework(point.framework)
+    if point.a2a is not None:
+        fw = replace(fw, a2a_decode=point.a2a, a2a_prefill=point.a2a)
     kw = dict(expert_imbalance=imbalance, redundant_experts=int(point.deployment["redundant_experts"]),
-              framework=_framework(point.framework))
+              framework=fw)
     c = point.conditions
     per_node = NODE if point.metric.endswith("_per_node") else 1.0
+    if point.phase == "aggregated":
+        layout = _layout(point)
+        rl.check_layout(m, layout, kw["redundant_experts"])
+        fw = replace(fw, expert_imbalance=imbalance)
+        pool = serving.agg_pool(m, hw, wl, layout, c["chunk_tokens"], c["isl"], c["osl"], 0.0, c["mtp_accept"], fw,
+                                kw["redundant_experts"], max_utilization=1.0)
+        if not bool(pool.fits):
+            raise InputError(f"{point.id}: batch {layout.batch} does not fit in memory")
+        if float(pool.batch) < layout.batch:
+            raise InputError(f"{point.id}: the chunk of {c['chunk_tokens']:g} tokens cannot admit prompts for "
+                             f"batch {layout.batch}")
+        acc = max(c["mtp_accept"], 1.0)
+        return float(pool.batch * acc / pool.step / layout.tp)
     if point.phase == "prefill":
         layout = _layout(point)
         rl.check_layout(m, rl.Layout(tp=layout.tp, dp=layout.dp, moe_tp=layout.moe_tp, ep=layout.ep, batch=1),

@@ -118,3 +118,51 @@ def test_a_system_point_naming_an_unknown_period_is_refused(tmp_path):
     bad.write_text(yaml.safe_dump(data), encoding="utf-8")
     with pytest.raises(InputError, match="field 'kernels'"):
         validate.load_points(bad)
+
+
+# ---------------------------------------------------------------- per-point conditions (validate)
+
+
+def test_an_aggregated_point_is_its_decode_step_plus_the_prompts_it_carries():
+    """In-flight batching at 384 per GPU, 1,024-token prompts and 2,048-token outputs: each step
+    carries 384 × 1,024 / 2,048 = 192 prompt tokens beside its 384 decode tokens; output tokens/s
+    per GPU = 384 / (decode step + prefill of 192 tokens). By hand from the two phase models."""
+    p = next(q for q in validate.load_points() if q.id == "trtllm-b200-max-throughput")
+    m, hw = profiles.load_model("deepseek-v3"), profiles.load_hardware("b200")
+    wl = validate.workload(p)
+    fw = replace(validate._framework("trtllm"), expert_imbalance=1.235)
+    layout = rl.Layout(tp=1, dp=8, moe_tp=1, ep=8, batch=384, tbo=False)
+    kw = dict(expert_imbalance=1.235, redundant_experts=0, framework=fw)
+    step = rl.decode(m, hw, wl, layout, 1024 + 2048 / 2, 1.0, **kw).step_time
+    prompt = rl.prefill(m, hw, wl, layout, 192.0, 1024, 0.0, **kw).time
+    assert validate.compute(p, None, hw) == pytest.approx(384 / float(step + prompt), rel=1e-9)
+
+
+def test_a_point_may_name_its_model_all_to_all_and_nics():
+    points = {q.id: q for q in validate.load_points()}
+    v32 = points["sglang-v32-b200-bs8"]
+    assert v32.model == "deepseek-v3.2" and v32.a2a == "allgather_reducescatter"
+    b200 = profiles.load_hardware("b200")
+    as_v3 = validate.compute(replace(v32, model="deepseek-v3"), None, b200)
+    assert validate.compute(v32, None, b200) != pytest.approx(as_v3, rel=1e-3)  # the sparse model is used
+    with_deepep = validate.compute(replace(v32, a2a="deepep_low_latency"), None, b200)
+    assert validate.compute(v32, None, b200) != pytest.approx(with_deepep, rel=1e-3)
+    h20 = points["antgroup-h20-decode-base"]
+    assert h20.scale_out_bandwidth == pytest.approx(25e9)  # 4 × 400 Gb/s per 8-GPU node
+    hw = profiles.load_hardware("h20")
+    slower = validate.compute(replace(h20, scale_out_bandwidth=12.5e9), None, hw)
+    assert slower < validate.compute(h20, None, hw) < validate.compute(replace(h20, scale_out_bandwidth=50e9), None, hw)
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("a2a", "nccl", "field 'a2a'"),
+    ("model", "deepseek-v9", "deepseek-v9"),
+    ("scale_out_bandwidth_gb_s", -25, "scale_out_bandwidth_gb_s"),
+])
+def test_bad_point_conditions_are_one_error(tmp_path, field, value, match):
+    data = yaml.safe_load(validate.SYSTEMS_FILE.read_text(encoding="utf-8"))
+    data["points"][1][field] = value
+    bad = tmp_path / "s.yaml"
+    bad.write_text(yaml.safe_dump(data), encoding="utf-8")
+    with pytest.raises(InputError, match=match):
+        validate.load_points(bad)
