@@ -60,7 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     m, hw, wl = _workload(args)
     if args.kv_dtype:
         wl = replace(wl, kv_dtype=args.kv_dtype)
-    sd = _framework(args)
+    fw = _framework(args)
     isl = args.isl or wl.prompt_len
     osl = args.osl or wl.output_len
     hit = wl.kv_cache_hit_rate if args.cache_hit is None else args.cache_hit
@@ -73,7 +73,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if "batch" not in d:
             raise InputError("--decode: field 'batch' is missing (sequences per attention-DP rank)")
         data = serving.serve_disagg(m, hw, wl, p, d, isl=isl, osl=osl, hit=hit, rate=args.arrival_rate,
-                                    concurrency=args.concurrency, gpus=args.gpus, mtp_accept=d.get("mtp", 1.0), sd=sd)
+                                    concurrency=args.concurrency, gpus=args.gpus, mtp_accept=d.get("mtp", 1.0), fw=fw)
     else:
         if args.prefill or args.decode or args.arrival_rate is not None:
             raise InputError("--prefill, --decode and --arrival-rate are for --mode disagg; aggregated takes "
@@ -82,8 +82,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 "tbo": bool(args.tbo)}
         spec["ep"] = args.ep or spec["tp"] * spec["dp"] // spec["moe_tp"]
         data = serving.serve_agg(m, hw, wl, spec, isl=isl, osl=osl, hit=hit, concurrency=args.concurrency,
-                                 chunk=args.chunk, gpus=args.gpus, mtp_accept=args.mtp_accept or 1.0, sd=sd)
-    data = {"hardware": hw.name, "model": m.name, "framework": f"{sd.name} {sd.version}", **data}
+                                 chunk=args.chunk, gpus=args.gpus, mtp_accept=args.mtp_accept or 1.0, fw=fw)
+    data = {"hardware": hw.name, "model": m.name, "framework": f"{fw.name} {fw.version}", **data}
 
     def text() -> str:
         from . import report
@@ -103,9 +103,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from .cli import _emit
 
     m, hw, wl = _workload(args)
-    sd = _framework(args)
+    fw = _framework(args)
     data = plan.plan(m, hw, wl, args.gpus, isl=args.isl, osl=args.osl, hit=args.cache_hit, ttft_ms=args.ttft_ms,
-                     tpot_ms=args.tpot_ms, sd=sd, top=args.top)
+                     tpot_ms=args.tpot_ms, fw=fw, top=args.top)
     if args.emit:
         from .cli_launch import emit_plan
 

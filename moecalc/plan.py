@@ -72,9 +72,9 @@ def _layouts(m: Model, sizes: list[int]):
     return np.array(rows, dtype=np.int64).reshape(-1, 2)
 
 
-def _by_redundancy(m: Model, ep, sd: Framework, fn):
+def _by_redundancy(m: Model, ep, fw: Framework, fn):
     """Call fn(mask, redundant) for each redundancy group of EP sizes; results scattered back."""
-    red = serving.redundant_for(m, ep, sd.redundant_experts)
+    red = serving.redundant_for(m, ep, fw.redundant_experts)
     out = None
     for r in np.unique(red):
         mask = red == r
@@ -86,21 +86,21 @@ def _by_redundancy(m: Model, ep, sd: Framework, fn):
     return out
 
 
-def _prefill_options(m, hw, wl, n, isl, hit, ttft_slo, sizes, sd):
+def _prefill_options(m, hw, wl, n, isl, hit, ttft_slo, sizes, fw):
     lay = _layouts(m, sizes)
     g = _grid(row=np.arange(len(lay)), tokens=PREFILL_TOKENS, tbo=(False, True))
     G, tp = lay[g["row"], 0], lay[g["row"], 1]
 
     def run(mask, r):
         L = roofline.Layout(tp=tp[mask], dp=G[mask] // tp[mask], moe_tp=1, ep=G[mask], tbo=g["tbo"][mask])
-        p = serving.prefill_pool(m, hw, wl, L, g["tokens"][mask].astype(float), isl, hit, replace(sd, redundant_experts=r))
+        p = serving.prefill_pool(m, hw, wl, L, g["tokens"][mask].astype(float), isl, hit, replace(fw, redundant_experts=r))
         return {"forward": p.forward, "mu": p.service_rate, "fits": p.fits,
                 "tps_dev": p.input_tokens_per_s_per_device}
 
-    ev = _by_redundancy(m, G, sd, run)
+    ev = _by_redundancy(m, G, fw, run)
     nbytes = float(serving.kv_transfer_bytes(m, isl, serving.kv_format(wl, m)))
-    bw = serving.nic_bandwidth(hw) * sd.kv_nics
-    t_kv = serving.kv_transfer_time(nbytes, bw, bw, sd.kv_setup, ev["forward"], m.num_hidden_layers, sd.kv_layerwise)
+    bw = serving.nic_bandwidth(hw) * fw.kv_nics
+    t_kv = serving.kv_transfer_time(nbytes, bw, bw, fw.kv_setup, ev["forward"], m.num_hidden_layers, fw.kv_layerwise)
     # options: config × instance count
     cfg = np.repeat(np.arange(len(G)), n // G)
     count = np.concatenate([np.arange(1, n // x + 1) for x in G]) if len(G) else np.zeros(0, int)
@@ -122,9 +122,9 @@ def _prefill_options(m, hw, wl, n, isl, hit, ttft_slo, sizes, sd):
     }, nbytes
 
 
-def _decode_options(m, hw, wl, n, isl, osl, tpot_slo, sizes, sd):
+def _decode_options(m, hw, wl, n, isl, osl, tpot_slo, sizes, fw):
     lay = _layouts(m, sizes)
-    mtps = (1.0, sd.mtp_accept) if sd.mtp_accept > 1.0 else (1.0,)
+    mtps = (1.0, fw.mtp_accept) if fw.mtp_accept > 1.0 else (1.0,)
     out = []
     for acc in mtps:  # MTP changes the step's shape (tokens per sequence): one call each
         g = _grid(row=np.arange(len(lay)), batch=BATCHES, tbo=(False, True))
@@ -133,10 +133,10 @@ def _decode_options(m, hw, wl, n, isl, osl, tpot_slo, sizes, sd):
         def run(mask, r):
             L = roofline.Layout(tp=tp[mask], dp=G[mask] // tp[mask], moe_tp=1, ep=G[mask],
                                 batch=g["batch"][mask].astype(float), tbo=g["tbo"][mask])
-            d = serving.decode_pool(m, hw, wl, L, isl, osl, acc, sd, r)
+            d = serving.decode_pool(m, hw, wl, L, isl, osl, acc, fw, r)
             return {"tpot": d.tpot, "fits": d.fits, "cap": d.capacity, "tps_dev": d.output_tokens_per_s_per_device}
 
-        ev = _by_redundancy(m, G, sd, run)
+        ev = _by_redundancy(m, G, fw, run)
         out.append(dict(G=G, tp=tp, batch=g["batch"], tbo=g["tbo"], mtp=np.full(G.shape, acc), **ev))
     d = {k: np.concatenate([o[k] for o in out]) for k in out[0]}
     cfg = np.repeat(np.arange(len(d["G"])), n // d["G"])
@@ -146,9 +146,9 @@ def _decode_options(m, hw, wl, n, isl, osl, tpot_slo, sizes, sd):
     return opt
 
 
-def _agg_options(m, hw, wl, n, isl, osl, hit, ttft_slo, tpot_slo, sizes, sd):
+def _agg_options(m, hw, wl, n, isl, osl, hit, ttft_slo, tpot_slo, sizes, fw):
     lay = _layouts(m, sizes)
-    mtps = (1.0, sd.mtp_accept) if sd.mtp_accept > 1.0 else (1.0,)
+    mtps = (1.0, fw.mtp_accept) if fw.mtp_accept > 1.0 else (1.0,)
     out = []
     for acc in mtps:
         g = _grid(row=np.arange(len(lay)), batch=BATCHES, chunk=CHUNKS, tbo=(False, True))
@@ -157,11 +157,11 @@ def _agg_options(m, hw, wl, n, isl, osl, hit, ttft_slo, tpot_slo, sizes, sd):
         def run(mask, r):
             L = roofline.Layout(tp=tp[mask], dp=G[mask] // tp[mask], moe_tp=1, ep=G[mask],
                                 batch=g["batch"][mask].astype(float), tbo=g["tbo"][mask])
-            a = serving.agg_pool(m, hw, wl, L, g["chunk"][mask].astype(float), isl, osl, hit, acc, sd, r)
+            a = serving.agg_pool(m, hw, wl, L, g["chunk"][mask].astype(float), isl, osl, hit, acc, fw, r)
             return {"step": a.step, "tpot": a.tpot, "fits": a.fits, "rps": a.requests_per_s, "ranks": a.ranks,
                     "batch_eff": a.batch, "share": a.prefill_share}
 
-        ev = _by_redundancy(m, G, sd, run)
+        ev = _by_redundancy(m, G, fw, run)
         out.append(dict(G=G, tp=tp, batch=g["batch"], chunk=g["chunk"], tbo=g["tbo"], mtp=np.full(G.shape, acc), **ev))
     d = {k: np.concatenate([o[k] for o in out]) for k in out[0]}
     cfg = np.repeat(np.arange(len(d["G"])), n // d["G"])
@@ -179,11 +179,11 @@ def _agg_options(m, hw, wl, n, isl, osl, hit, ttft_slo, tpot_slo, sizes, sd):
 
 def plan(m: Model, hw: Hardware, wl: Workload, gpus: int, *, isl: int | None = None, osl: int | None = None,
          hit: float | None = None, ttft_ms: float | None = None, tpot_ms: float | None = None,
-         sd: Framework | None = None, top: int = 10) -> dict[str, Any]:
+         fw: Framework | None = None, top: int = 10) -> dict[str, Any]:
     """Every disaggregated and aggregated plan on `gpus` devices; the best of each and the
     reasons the rest fail. SLOs default to the workload's (TTFT; TPOT = 1 / min tokens/s per
     user); a missing SLO does not constrain."""
-    sd = sd or load_framework("sglang")
+    fw = fw or load_framework("sglang")
     isl = wl.prompt_len if isl is None else isl
     osl = wl.output_len if osl is None else osl
     hit = wl.kv_cache_hit_rate if hit is None else hit
@@ -193,12 +193,12 @@ def plan(m: Model, hw: Hardware, wl: Workload, gpus: int, *, isl: int | None = N
     tpot_slo = tpot_ms / 1e3 if tpot_ms is not None else (1.0 / wl.min_tokens_per_user if wl.min_tokens_per_user else np.inf)
     check_size(option_bound(gpus, hw.scale_up_domain), f"a plan on {gpus:,} GPUs", "plan fewer --gpus (a part "
                "of the cluster, then scale)", "pool options")  # before any array of that size exists
-    sizes = instance_sizes(m, hw, gpus, sd.redundant_experts)
+    sizes = instance_sizes(m, hw, gpus, fw.redundant_experts)
     if not sizes:
         raise InputError(f"no instance size up to {gpus} GPUs lets EP split {m.name}'s experts")
 
-    P, nbytes = _prefill_options(m, hw, wl, gpus, isl, hit, ttft_slo, sizes, sd)
-    D = _decode_options(m, hw, wl, gpus, isl, osl, tpot_slo, sizes, sd)
+    P, nbytes = _prefill_options(m, hw, wl, gpus, isl, hit, ttft_slo, sizes, fw)
+    D = _decode_options(m, hw, wl, gpus, isl, osl, tpot_slo, sizes, fw)
     # Plans pair a prefill option with a decode option within the budget. A plan whose pool
     # fails on its own (memory, SLO) is counted exactly, by GPU counts, without pairing it;
     # the rest are paired as a matrix and their goodput computed.
@@ -225,7 +225,7 @@ def plan(m: Model, hw: Hardware, wl: Workload, gpus: int, *, isl: int | None = N
     dis_feasible = int(np.count_nonzero(fit))
     P, D = Pv, Dv
 
-    A = _agg_options(m, hw, wl, gpus, isl, osl, hit, ttft_slo, tpot_slo, sizes, sd)
+    A = _agg_options(m, hw, wl, gpus, isl, osl, hit, ttft_slo, tpot_slo, sizes, fw)
     agood = np.where(A["reason"] < 0, A["rate"] * osl / gpus, -1.0)
     agg_counts = {REASONS[i]: int(np.count_nonzero(A["reason"] == i)) for i in (4, 2, 3)}
 
@@ -318,7 +318,7 @@ def plan(m: Model, hw: Hardware, wl: Workload, gpus: int, *, isl: int | None = N
                          f"TPOT ≤ {tpot_slo * 1e3:g} ms")
     return {
         "hardware": hw.name, "model": m.name, "workload": wl.name, "gpus": gpus, "isl": isl, "osl": osl,
-        "cache_hit": hit, "framework": f"{sd.name} {sd.version}",
+        "cache_hit": hit, "framework": f"{fw.name} {fw.version}",
         "ttft_slo_ms": None if not np.isfinite(ttft_slo) else ttft_slo * 1e3,
         "tpot_slo_ms": None if not np.isfinite(tpot_slo) else tpot_slo * 1e3,
         "queue_model": serving.QUEUE_MODEL,

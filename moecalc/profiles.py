@@ -8,8 +8,8 @@ first problem raises one :class:`InputError` line that names the file and the fi
 from __future__ import annotations
 
 import math
-import re
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping

@@ -192,11 +192,11 @@ class PrefillPool:
 
 
 def prefill_pool(m: Model, hw: Hardware, wl: Workload, layout: roofline.Layout, tokens_per_device, isl, hit: float,
-                 sd: Framework) -> PrefillPool:
+                 fw: Framework) -> PrefillPool:
     """One prefill instance of `layout` running forwards of `tokens_per_device` new tokens."""
-    red = redundant_for(m, layout.ep, sd.redundant_experts)
+    red = redundant_for(m, layout.ep, fw.redundant_experts)
     red_scalar = int(np.max(red))  # one redundancy per call: the caller groups layouts by it
-    p = roofline.prefill(m, hw, wl, layout, tokens_per_device, isl, hit, redundant_experts=red_scalar, **roofline_kw(sd))
+    p = roofline.prefill(m, hw, wl, layout, tokens_per_device, isl, hit, redundant_experts=red_scalar, **roofline_kw(fw))
     gpus = np.asarray(layout.tp) * np.asarray(layout.dp)
     q = np.maximum((1.0 - hit) * np.asarray(isl, dtype=float), 1.0)
     per_forward = np.asarray(tokens_per_device, dtype=float) * gpus / q
@@ -217,12 +217,12 @@ class DecodePool:
 
 
 def decode_pool(m: Model, hw: Hardware, wl: Workload, layout: roofline.Layout, isl, osl, mtp_accept: float,
-                sd: Framework, red: int) -> DecodePool:
+                fw: Framework, red: int) -> DecodePool:
     """One decode instance at `layout.batch` sequences per rank, at the mean KV length
     isl + osl/2: in steady state a full batch holds sequences at every stage of their output,
     so its KV cache (and step time) is that of the mean."""
     isl, osl = np.asarray(isl, dtype=float), np.asarray(osl, dtype=float)
-    s = roofline.decode(m, hw, wl, layout, isl + osl / 2.0, mtp_accept, redundant_experts=red, **roofline_kw(sd))
+    s = roofline.decode(m, hw, wl, layout, isl + osl / 2.0, mtp_accept, redundant_experts=red, **roofline_kw(fw))
     mtp = mtp_accept > 1.0
     weights = roofline.weight_bytes_per_device(m, wl, layout, red, mtp)
     kv = roofline.kv_bytes_per_device(m, wl, layout.batch, isl + osl / 2.0, mtp)
@@ -250,7 +250,7 @@ class AggPool:
 
 
 def agg_pool(m: Model, hw: Hardware, wl: Workload, layout: roofline.Layout, chunk, isl, osl, hit: float,
-             mtp_accept: float, sd: Framework, red: int, max_utilization: float = 0.95) -> AggPool:
+             mtp_accept: float, fw: Framework, red: int, max_utilization: float = 0.95) -> AggPool:
     """One aggregated instance: decode batch and prompt chunks in every step (module doc).
     `max_utilization` caps the chunk's use, so the prefill queue stays stable."""
     isl, osl = np.asarray(isl, dtype=float), np.asarray(osl, dtype=float)
@@ -263,9 +263,9 @@ def agg_pool(m: Model, hw: Hardware, wl: Workload, layout: roofline.Layout, chun
     batch = np.maximum(np.floor(batch), 1.0)
     u = batch * acc * q / osl
     lay = replace(layout, batch=batch)
-    s = roofline.decode(m, hw, wl, lay, isl + osl / 2.0, mtp_accept, redundant_experts=red, **roofline_kw(sd))
+    s = roofline.decode(m, hw, wl, lay, isl + osl / 2.0, mtp_accept, redundant_experts=red, **roofline_kw(fw))
     tp = np.asarray(layout.tp, dtype=float)
-    pre = roofline.prefill(m, hw, wl, lay, np.maximum(u / tp, 1.0), isl, hit, redundant_experts=red, **roofline_kw(sd))
+    pre = roofline.prefill(m, hw, wl, lay, np.maximum(u / tp, 1.0), isl, hit, redundant_experts=red, **roofline_kw(fw))
     step = s.step_time + pre.time
     mtp = mtp_accept > 1.0
     weights = roofline.weight_bytes_per_device(m, wl, lay, red, mtp)
@@ -314,35 +314,35 @@ def _layout(m: Model, spec: Mapping[str, int], what: str, redundant: int) -> roo
 
 def serve_disagg(m: Model, hw: Hardware, wl: Workload, prefill: Mapping[str, int], decode: Mapping[str, int], *,
                  isl: int, osl: int, hit: float = 0.0, rate: float | None = None, concurrency: float | None = None,
-                 gpus: int | None = None, mtp_accept: float = 1.0, sd: Framework | None = None) -> dict[str, Any]:
+                 gpus: int | None = None, mtp_accept: float = 1.0, fw: Framework | None = None) -> dict[str, Any]:
     """One disaggregated serving point (scalars). `prefill` and `decode` are layout specs
     (tp, dp, ep, moe_tp, instances, tbo; prefill `tokens` per device per forward, decode
     `batch`). Give an arrival `rate` (requests/s) or a `concurrency` (requests in flight,
     closed loop), or neither: the pools' capacity at 95 % prefill load."""
-    sd = sd or load_framework("sglang")
+    fw = fw or load_framework("sglang")
     for name, v in (("ISL", isl), ("OSL", osl), ("arrival rate", rate), ("concurrency", concurrency)):
         _check_positive(name, v)
-    lp = _layout(m, prefill, "prefill", sd.redundant_experts)
-    ld = _layout(m, decode, "decode", sd.redundant_experts)
+    lp = _layout(m, prefill, "prefill", fw.redundant_experts)
+    ld = _layout(m, decode, "decode", fw.redundant_experts)
     n_p, n_d = int(prefill.get("instances", 1)), int(decode.get("instances", 1))
     used = n_p * int(lp.tp * lp.dp) + n_d * int(ld.tp * ld.dp)
     if gpus is not None and used > gpus:
         raise InputError(f"instances do not fit: {n_p} prefill × {lp.tp * lp.dp} + {n_d} decode × {ld.tp * ld.dp} "
                          f"= {used} GPUs > {gpus}")
     tokens = int(prefill.get("tokens", 16384))
-    pp = prefill_pool(m, hw, wl, lp, tokens, isl, hit, sd)
+    pp = prefill_pool(m, hw, wl, lp, tokens, isl, hit, fw)
     if not bool(pp.fits):
         raise InputError(f"prefill does not fit on {hw.name}: {tokens:,} tokens per GPU per forward")
-    red_d = int(redundant_for(m, ld.ep, sd.redundant_experts))
-    dp_ = decode_pool(m, hw, wl, ld, isl, osl, mtp_accept, sd, red_d)
+    red_d = int(redundant_for(m, ld.ep, fw.redundant_experts))
+    dp_ = decode_pool(m, hw, wl, ld, isl, osl, mtp_accept, fw, red_d)
     if not bool(dp_.fits):
         raise InputError(f"decode does not fit on {hw.name}: batch {ld.batch} per rank at mean KV length "
                          f"{isl + osl / 2:,g}")
     mu, forward = float(pp.service_rate), float(pp.forward)
     cap_p, cap_d = n_p * mu, n_d * float(dp_.capacity)
     nbytes = float(kv_transfer_bytes(m, isl, kv_format(wl, m)))
-    bw = nic_bandwidth(hw) * sd.kv_nics
-    t_kv = float(kv_transfer_time(nbytes, bw, bw, sd.kv_setup, forward, m.num_hidden_layers, sd.kv_layerwise))
+    bw = nic_bandwidth(hw) * fw.kv_nics
+    t_kv = float(kv_transfer_time(nbytes, bw, bw, fw.kv_setup, forward, m.num_hidden_layers, fw.kv_layerwise))
     tpot = float(dp_.tpot)
 
     def ttft(lam: float) -> float:
@@ -368,7 +368,7 @@ def serve_disagg(m: Model, hw: Hardware, wl: Workload, prefill: Mapping[str, int
     # the decode pool runs only the sequences the load brings (Little's law): the smallest
     # batch per rank whose capacity carries λ, evaluated over every batch up to the spec's at once
     sizes = np.arange(1, ld.batch + 1, dtype=float)
-    run = decode_pool(m, hw, wl, replace(ld, batch=sizes), isl, osl, mtp_accept, sd, red_d)
+    run = decode_pool(m, hw, wl, replace(ld, batch=sizes), isl, osl, mtp_accept, fw, red_d)
     enough = n_d * np.asarray(run.capacity) >= lam * (1 - 1e-12)
     b_run = int(sizes[np.argmax(enough)]) if enough.any() else ld.batch
     tpot_run = float(np.asarray(run.tpot)[b_run - 1])
@@ -430,29 +430,29 @@ def cost_note(hw: Hardware) -> str:
 
 def serve_agg(m: Model, hw: Hardware, wl: Workload, spec: Mapping[str, int], *, isl: int, osl: int,
               hit: float = 0.0, concurrency: float | None = None, chunk: int | None = None, gpus: int | None = None,
-              mtp_accept: float = 1.0, sd: Framework | None = None) -> dict[str, Any]:
+              mtp_accept: float = 1.0, fw: Framework | None = None) -> dict[str, Any]:
     """One aggregated serving point: `spec` is the layout (tp, dp, ep, moe_tp, tbo, instances);
     `concurrency` requests in flight over all instances (default: what fills memory)."""
-    sd = sd or load_framework("sglang")
+    fw = fw or load_framework("sglang")
     for name, v in (("ISL", isl), ("OSL", osl), ("concurrency", concurrency), ("chunk", chunk)):
         _check_positive(name, v)
-    lay = _layout(m, spec, "layout", sd.redundant_experts)
+    lay = _layout(m, spec, "layout", fw.redundant_experts)
     n = int(spec.get("instances", 1))
     per = int(lay.tp * lay.dp)
     if gpus is not None and n * per > gpus:
         raise InputError(f"instances do not fit: {n} × {per} = {n * per} GPUs > {gpus}")
-    red = int(redundant_for(m, lay.ep, sd.redundant_experts))
+    red = int(redundant_for(m, lay.ep, fw.redundant_experts))
     mtp = mtp_accept > 1.0
     if concurrency is None:
-        b = float(roofline.max_batch(m, hw, wl, lay, isl + osl / 2.0, red, mtp, framework=sd))
+        b = float(roofline.max_batch(m, hw, wl, lay, isl + osl / 2.0, red, mtp, framework=fw))
         if b < 1:
             raise InputError(f"no sequence of {isl + osl / 2:,g} tokens fits beside the weights on {hw.name}")
     else:
         b = float(concurrency) / (n * lay.dp)
         if b < 1:
             raise InputError(f"concurrency {concurrency:g} is below one sequence per attention-DP rank ({n * lay.dp})")
-    chunk = chunk or sd.chunk_tokens
-    pool = agg_pool(m, hw, wl, replace(lay, batch=b), chunk, isl, osl, hit, mtp_accept, sd, red)
+    chunk = chunk or fw.chunk_tokens
+    pool = agg_pool(m, hw, wl, replace(lay, batch=b), chunk, isl, osl, hit, mtp_accept, fw, red)
     if not bool(pool.fits):
         raise InputError(f"batch {b:g} per rank at mean KV length {isl + osl / 2:,g} does not fit on {hw.name}")
     ttft = float(agg_ttft(pool, chunk, isl, hit, n))
@@ -497,19 +497,19 @@ def serve_agg(m: Model, hw: Hardware, wl: Workload, spec: Mapping[str, int], *, 
 
 def pool_ratio(m: Model, hw: Hardware, wl: Workload, prefill_layout: roofline.Layout, tokens: int,
                decode_layout: roofline.Layout, isl, osl, hit: float = 0.0, mtp_accept: float = 1.0,
-               sd: Framework | None = None):
+               fw: Framework | None = None):
     """Prefill GPUs per decode GPU that balance the two pools, over arrays of ISL and OSL:
     (requests/s a decode GPU finishes) / (requests/s a prefill GPU prefills). The decode batch
     is the layout's, or what fits at the mean KV length isl + osl/2 if that is smaller.
     Returns (ratio, decode batch per rank)."""
-    sd = sd or load_framework("sglang")
+    fw = fw or load_framework("sglang")
     isl, osl = np.broadcast_arrays(np.asarray(isl, dtype=float), np.asarray(osl, dtype=float))
-    red_p = int(redundant_for(m, prefill_layout.ep, sd.redundant_experts))
-    red_d = int(redundant_for(m, decode_layout.ep, sd.redundant_experts))
-    p = roofline.prefill(m, hw, wl, prefill_layout, tokens, isl, hit, redundant_experts=red_p, **roofline_kw(sd))
+    red_p = int(redundant_for(m, prefill_layout.ep, fw.redundant_experts))
+    red_d = int(redundant_for(m, decode_layout.ep, fw.redundant_experts))
+    p = roofline.prefill(m, hw, wl, prefill_layout, tokens, isl, hit, redundant_experts=red_p, **roofline_kw(fw))
     per_gpu_prefill = p.input_tokens_per_s_per_device / isl
-    fit = roofline.max_batch(m, hw, wl, decode_layout, isl + osl / 2.0, red_d, mtp_accept > 1.0, framework=sd)
+    fit = roofline.max_batch(m, hw, wl, decode_layout, isl + osl / 2.0, red_d, mtp_accept > 1.0, framework=fw)
     batch = np.maximum(np.minimum(float(decode_layout.batch), fit), 1.0)
-    d = decode_pool(m, hw, wl, replace(decode_layout, batch=batch), isl, osl, mtp_accept, sd, red_d)
+    d = decode_pool(m, hw, wl, replace(decode_layout, batch=batch), isl, osl, mtp_accept, fw, red_d)
     per_gpu_decode = d.output_tokens_per_s_per_device / osl
     return per_gpu_decode / per_gpu_prefill, batch

@@ -78,14 +78,14 @@ def test_kv_format_the_frameworks_store(ctx):
 
 
 def test_kv_transfer_time_by_hand(ctx):
-    m, hw, _, sd = ctx
+    m, hw, _, fw = ctx
     bw = serving.nic_bandwidth(hw)
     assert bw == pytest.approx(50e9 * 0.88)  # one ConnectX-7 400 Gb/s per GPU at 88 %
     t = serving.kv_transfer_time(140_544_000, bw, bw, 1e-3)
     assert t == pytest.approx(1e-3 + 140_544_000 / 44e9)  # 4.194 ms
     # layer-pipelined: 61 MB at 1 GB/s = 61 ms, under a 1 s forward only the last layer's 1 ms shows
     assert serving.kv_transfer_time(61e6, 1e9, 1e9, 0.0, 1.0, 61, layerwise=True) == pytest.approx(1e-3)
-    assert sd.kv_layerwise is False  # SGLang 0.5.23 sends after the forward (params/framework/sglang.yaml serving:)
+    assert fw.kv_layerwise is False  # SGLang 0.5.23 sends after the forward (params/framework/sglang.yaml serving:)
 
 
 def test_cost_by_hand(ctx):
@@ -116,9 +116,9 @@ def test_every_hardware_profile_has_a_price_and_power_or_says_none_is_public():
 
 
 def test_disagg_at_lmsys_layout(ctx):
-    m, hw, wl, sd = ctx
+    m, hw, wl, fw = ctx
     r = serving.serve_disagg(m, hw, wl, dict(tp=1, dp=32, ep=32, instances=1, tbo=True, tokens=16384),
-                             dict(tp=1, dp=72, ep=72, instances=1, batch=256, tbo=True), isl=2000, osl=100, sd=sd)
+                             dict(tp=1, dp=72, ep=72, instances=1, batch=256, tbo=True), isl=2000, osl=100, fw=fw)
     # LMSYS: 22,282 output tokens/s per decode node; 52.3k input per prefill node (model +12 %, attributed)
     assert abs(r["decode_capacity_tokens_per_s_per_node"] / 22_282 - 1) <= 0.10
     assert 0.0 <= r["prefill_capacity_tokens_per_s_per_node"] / 52_300 - 1 <= 0.15
@@ -129,9 +129,9 @@ def test_disagg_at_lmsys_layout(ctx):
 
 
 def test_agg_chunk_arithmetic(ctx):
-    m, hw, wl, sd = ctx
+    m, hw, wl, fw = ctx
     r = serving.serve_agg(m, hw, wl, dict(tp=1, dp=32, ep=32, instances=3, tbo=True), isl=2000, osl=100,
-                          concurrency=96 * 64, sd=sd)
+                          concurrency=96 * 64, fw=fw)
     # 64 sequences per rank, each needing 2,000 prompt tokens per 100 output steps: 1,280 per step
     assert r["prompt_tokens_per_step"] == pytest.approx(1280)
     assert r["chunk_utilization"] == pytest.approx(1280 / 8192)
@@ -140,10 +140,10 @@ def test_agg_chunk_arithmetic(ctx):
 
 
 def test_unpriced_hardware_reports_null(ctx):
-    m, _, wl, sd = ctx
+    m, _, wl, fw = ctx
     hw = profiles.load_hardware("h800")
     r = serving.serve_agg(m, hw, wl, dict(tp=1, dp=32, ep=32, instances=1, tbo=True), isl=2000, osl=100,
-                          concurrency=32 * 32, sd=sd)
+                          concurrency=32 * 32, fw=fw)
     assert r["usd_per_mtok_output"] is None and "cost unavailable" in r["cost_note"]
     assert r["tokens_per_joule"] > 0  # H800 has a power figure
 
@@ -153,8 +153,8 @@ def test_unpriced_hardware_reports_null(ctx):
 
 @pytest.fixture(scope="module")
 def lmsys_plan(ctx):
-    m, hw, wl, sd = ctx
-    return plan.plan(m, hw, wl, 96, sd=sd)
+    m, hw, wl, fw = ctx
+    return plan.plan(m, hw, wl, 96, fw=fw)
 
 
 def test_plan_counts_and_best(lmsys_plan, ctx):
@@ -172,23 +172,23 @@ def test_plan_counts_and_best(lmsys_plan, ctx):
 
 
 def test_plan_best_replays_in_serve(lmsys_plan, ctx):
-    m, hw, wl, sd = ctx
+    m, hw, wl, fw = ctx
     b = lmsys_plan["disagg"]["best"]
     pre = {k: b["prefill"][k] for k in ("tp", "dp", "ep", "instances", "tbo")} | {"tokens": b["prefill"]["tokens_per_gpu"]}
     dec = {k: b["decode"][k] for k in ("tp", "dp", "ep", "instances", "batch", "tbo")}
     r = serving.serve_disagg(m, hw, wl, pre, dec, isl=2000, osl=100, rate=b["arrival_rate"] * (1 - 1e-9), gpus=96,
-                             mtp_accept=b["decode"]["mtp_accept"], sd=sd)
+                             mtp_accept=b["decode"]["mtp_accept"], fw=fw)
     assert r["ttft_ms"] == pytest.approx(b["ttft_ms"], rel=1e-6)
     assert r["tpot_full_batch_ms"] == pytest.approx(b["tpot_ms"], rel=1e-9)
     assert r["tpot_ms"] <= r["tpot_full_batch_ms"]  # at the load, decode runs a smaller batch
 
 
 def test_plan_no_feasible_names_the_binding_constraint(ctx):
-    m, hw, wl, sd = ctx
+    m, hw, wl, fw = ctx
     with pytest.raises(InputError, match="binding constraint is TPOT"):
-        plan.plan(m, hw, wl, 96, tpot_ms=1.0, sd=sd)
+        plan.plan(m, hw, wl, 96, tpot_ms=1.0, fw=fw)
     with pytest.raises(InputError, match="out of memory"):
-        plan.plan(m, hw, wl, 8, sd=sd)  # 671 B FP8 weights do not fit 8 × 80 GB
+        plan.plan(m, hw, wl, 8, fw=fw)  # 671 B FP8 weights do not fit 8 × 80 GB
 
 
 # ---------------------------------------------------------------- seed 004
@@ -301,12 +301,12 @@ def test_serve_and_plan_under_each_framework(fw, name):
 
 
 def test_plan_best_agg_replays_in_serve(lmsys_plan, ctx):
-    m, hw, wl, sd = ctx
+    m, hw, wl, fw = ctx
     a = lmsys_plan["agg"]["best"]
     lay = a["layout"]
     r = serving.serve_agg(m, hw, wl, {k: lay[k] for k in ("tp", "dp", "ep", "instances", "tbo")}, isl=2000, osl=100,
                           concurrency=lay["batch"] * lay["dp"] * lay["instances"], chunk=lay["chunk"],
-                          mtp_accept=lay["mtp_accept"], sd=sd)
+                          mtp_accept=lay["mtp_accept"], fw=fw)
     assert r["tpot_ms"] == pytest.approx(a["tpot_ms"], rel=1e-9)
     assert r["ttft_ms"] == pytest.approx(a["ttft_ms"], rel=1e-9)
     assert r["output_tokens_per_s_per_gpu"] == pytest.approx(a["goodput_tokens_per_s_per_gpu"], rel=1e-9)
