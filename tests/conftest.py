@@ -17,6 +17,23 @@ def workload():
     return profiles.load_workload("seed-003")
 
 
+# The same two profiles under the short names the roofline, framework and model tests use
+# (moecalc's own `m: Model`, `wl: Workload`; `v3` beside the other models).
+@pytest.fixture(scope="session")
+def m(model):
+    return model
+
+
+@pytest.fixture(scope="session")
+def v3(model):
+    return model
+
+
+@pytest.fixture(scope="session")
+def wl(workload):
+    return workload
+
+
 @pytest.fixture(scope="session")
 def gpus():
     """The seed's three GPUs, by the names its tables use."""

@@ -415,11 +415,6 @@ from moecalc import counts, profiles, schedule  # noqa: E402
 from moecalc.policies import seed003  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def v3():
-    return profiles.load_model("deepseek-v3")
-
-
 def test_gemm_traffic_counts_weights_once_and_activations_per_token():
     t = counts.gemm_traffic(4, 10, 20, weight_bpe=1, act_bpe=2, copies=3)
     assert t.flops == 3 * 2 * 4 * 10 * 20

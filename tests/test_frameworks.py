@@ -21,16 +21,6 @@ H200_REPORTED = 143_771 * MiB  # nvidia-smi memory.total, 150.754820096 GB
 
 
 @pytest.fixture(scope="module")
-def m():
-    return profiles.load_model("deepseek-v3")
-
-
-@pytest.fixture(scope="module")
-def wl():
-    return profiles.load_workload("seed-003")
-
-
-@pytest.fixture(scope="module")
 def h200():
     return profiles.load_hardware("h200")
 

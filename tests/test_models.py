@@ -24,11 +24,6 @@ MODELS = ("deepseek-v3", "deepseek-r1", "deepseek-v3.2", "kimi-k2")
 
 
 @pytest.fixture(scope="module")
-def v3():
-    return profiles.load_model("deepseek-v3")
-
-
-@pytest.fixture(scope="module")
 def v32():
     return profiles.load_model("deepseek-v3.2")
 
@@ -36,11 +31,6 @@ def v32():
 @pytest.fixture(scope="module")
 def kimi():
     return profiles.load_model("kimi-k2")
-
-
-@pytest.fixture(scope="module")
-def wl():
-    return profiles.load_workload("seed-003")
 
 
 # ---------------------------------------------------------------- profiles

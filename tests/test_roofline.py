@@ -26,16 +26,6 @@ MOECALC = Path(sys.executable).parent / "moecalc"
 HARDWARE = ("h800", "h20", "h20-3e", "h100", "h200", "b200")  # the profiles the roofline is calibrated for
 
 
-@pytest.fixture(scope="module")
-def m():
-    return profiles.load_model("deepseek-v3")
-
-
-@pytest.fixture(scope="module")
-def wl():
-    return profiles.load_workload("seed-003")
-
-
 @pytest.fixture(scope="module", params=HARDWARE)
 def hw(request):
     return profiles.load_hardware(request.param)

@@ -11,11 +11,6 @@ from moecalc.errors import InputError
 
 
 @pytest.fixture(scope="module")
-def m():
-    return profiles.load_model("deepseek-v3")
-
-
-@pytest.fixture(scope="module")
 def wl():
     return profiles.load_workload("r1-4k-plan")
 
